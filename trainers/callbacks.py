@@ -1,0 +1,74 @@
+"""The small interface through which a trainer reports: no Ray, no MLflow here.
+
+Orchestration (``sweeps/``) implements these hooks to forward metrics to Ray Tune and MLflow;
+tests implement them to record; the console callback prints progress.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from trainers.loop import Trainer
+
+
+class Callback:
+    """Override the hooks you need. ``metrics`` use the DESIGN §3 names."""
+
+    def on_train_start(self, trainer: Trainer, info: dict[str, Any]) -> None:
+        """Once, before the first step (also on resume)."""
+
+    def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        """After every distortion event: e_w, e_w_per_pnr, delta_w, loss_pre, loss_post, delta_loss_ratio."""
+
+    def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        """After every evaluation: acc_pre, acc_post, train_loss, test_loss, epoch.
+
+        The trainer's state is consistent here, so this is the place to checkpoint.
+        """
+
+    def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """Once, with the final metrics (accuracy, compression_ratio, params, macs, ...)."""
+
+
+class ConsoleProgress(Callback):
+    """One line per evaluation and a summary at the end."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self._t0 = time.perf_counter()
+        self._last_distortion: dict[str, float] = {}
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.stream, flush=True)
+
+    def on_train_start(self, trainer: Trainer, info: dict[str, Any]) -> None:
+        self._t0 = time.perf_counter()
+        self._print(
+            f"{info['model']} on {info['dataset']}: {info['total_steps']} steps "
+            f"({info['steps_per_epoch']}/epoch), {info['method']} every pNR={info['pnr']} steps "
+            f"-> {info['num_events']} distortion events on {len(info['targets'])} target tensors"
+        )
+
+    def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self._last_distortion = metrics
+
+    def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        d = self._last_distortion
+        extra = f"  e_w {d['e_w']:.2e}  dL/L {d['delta_loss_ratio']:+.3f}" if d else ""
+        pre = f"acc_pre {metrics['acc_pre']:.4f}  " if "acc_pre" in metrics else ""
+        self._print(
+            f"epoch {metrics['epoch']:6.2f}  step {step:>6}/{trainer.total_steps}  "
+            f"train_loss {metrics['train_loss']:.4f}  {pre}acc_post {metrics['acc_post']:.4f}"
+            f"{extra}  [{time.perf_counter() - self._t0:.1f}s]"
+        )
+
+    def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        self._print(
+            "final: "
+            + "  ".join(
+                f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+            )
+        )

@@ -1,0 +1,110 @@
+"""Magnitude pruning: zero the smallest-|w| fraction s_t, per layer or globally.
+
+Masks are recomputed at every event from the current weights (no persistent masks), so a
+pruned weight that the gradient grows back between events can survive the next event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from trainers.distortions.base import Distortion, DistortionContext
+
+
+def prune_smallest(w: torch.Tensor, rate: float) -> torch.Tensor:
+    """Zero exactly ``round(rate·numel)`` entries of smallest magnitude (ties broken by index)."""
+    k = round(rate * w.numel())
+    if k <= 0:
+        return w.clone()
+    flat = w.flatten().clone()
+    idx = torch.topk(flat.abs(), k, largest=False, sorted=False).indices
+    flat[idx] = 0
+    return flat.view_as(w)
+
+
+def prune_global(weights: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
+    """Zero the smallest-|w| ``rate`` fraction over all tensors together."""
+    names = list(weights)
+    sizes = [weights[n].numel() for n in names]
+    flat = torch.cat([weights[n].flatten() for n in names])
+    pruned = prune_smallest(flat, rate)
+    return {n: p.view_as(weights[n]) for n, p in zip(names, pruned.split(sizes), strict=True)}
+
+
+def cubic_rate(step: int, final: float, initial: float, start: int, length: int) -> float:
+    """Zhu & Gupta's gradual schedule ``s_f + (s_i − s_f)(1 − (t − t0)/(n·Δt))³``, clamped."""
+    if step <= start:
+        return initial
+    if length <= 0 or step >= start + length:
+        return final
+    return final + (initial - final) * (1.0 - (step - start) / length) ** 3
+
+
+class MagnitudePruning(Distortion):
+    """Magnitude pruning to ``rate`` (s_f).
+
+    Args:
+        rate: target pruning rate s_f in [0, 1).
+        scope: ``"layer"`` (each tensor pruned to s_t) or ``"global"`` (one threshold).
+        schedule: ``"constant"`` (s_t = s_f at every event) or ``"gradual"`` (cubic).
+        initial_rate: s_i for the gradual schedule.
+        ramp_start, ramp_end: where the gradual ramp starts and reaches s_f, as fractions of
+            the run's total steps (t0 = ramp_start·steps, n·Δt = (ramp_end − ramp_start)·steps).
+    """
+
+    name = "prune"
+
+    def __init__(
+        self,
+        rate: float,
+        scope: str = "layer",
+        schedule: str = "constant",
+        initial_rate: float = 0.0,
+        ramp_start: float = 0.0,
+        ramp_end: float = 0.75,
+    ) -> None:
+        problems = []
+        if not 0.0 <= rate < 1.0:
+            problems.append(f"rate must be in [0, 1), got {rate}")
+        if scope not in ("layer", "global"):
+            problems.append(f"scope must be 'layer' or 'global', got {scope!r}")
+        if schedule not in ("constant", "gradual"):
+            problems.append(f"schedule must be 'constant' or 'gradual', got {schedule!r}")
+        if not 0.0 <= initial_rate <= rate:
+            problems.append(f"initial_rate must be in [0, rate], got {initial_rate}")
+        if not 0.0 <= ramp_start < ramp_end <= 1.0:
+            problems.append(f"need 0 <= ramp_start < ramp_end <= 1, got {ramp_start}, {ramp_end}")
+        if problems:
+            raise ValueError("prune: " + "; ".join(problems))
+        self.rate = float(rate)
+        self.scope = scope
+        self.schedule = schedule
+        self.initial_rate = float(initial_rate)
+        self.ramp_start = float(ramp_start)
+        self.ramp_end = float(ramp_end)
+
+    def rate_at(self, ctx: DistortionContext) -> float:
+        """s_t for this event."""
+        if self.schedule == "constant":
+            return self.rate
+        start = math.floor(self.ramp_start * ctx.total_steps)
+        length = math.floor(self.ramp_end * ctx.total_steps) - start
+        return cubic_rate(ctx.step, self.rate, self.initial_rate, start, length)
+
+    def apply(
+        self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
+    ) -> dict[str, torch.Tensor]:
+        rate = self.rate_at(ctx)
+        if self.scope == "global":
+            return prune_global(weights, rate)
+        return {n: prune_smallest(w, rate) for n, w in weights.items()}
+
+    def stored_params(self, name: str, w: torch.Tensor) -> float:
+        # Non-zeros only; index overhead is format-dependent and left out.
+        return float(torch.count_nonzero(w))
+
+    def macs_fraction(self, name: str, w: torch.Tensor) -> float:
+        return float(torch.count_nonzero(w)) / max(w.numel(), 1)

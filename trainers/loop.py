@@ -1,0 +1,450 @@
+"""The compression-aware training loop (occasional regularization, DeepTwist / pNR).
+
+Train normally; after every pNR optimizer steps replace each target weight ``w`` by ``h(w)``
+and keep training from there. The run is cut to ``⌊steps/pNR⌋·pNR`` steps so it ends on a
+distortion event: the final weights are exactly representable in compressed form, and the
+reported ``accuracy`` is measured right after that last distortion.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainers.callbacks import Callback
+from trainers.config import ConfigError, TrainConfig, check_train_config
+from trainers.counting import count_params, layer_macs
+from trainers.data import DataSplits, load_dataset
+from trainers.distortions import Distortion, DistortionContext, make_distortion
+from trainers.models import build_model
+from trainers.targets import module_of, select_targets
+
+CHECKPOINT_VERSION = 1
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def task_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross entropy for classification ``(B, C)`` and language models ``(B, T, V)`` alike."""
+    return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
+
+
+def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
+    """Learning-rate multiplier after ``step`` optimizer steps (epoch-based milestones)."""
+    o = cfg.optim
+    epoch = step / steps_per_epoch
+    if o.schedule == "step":
+        return o.gamma ** math.floor(epoch / o.step_size)
+    if o.schedule == "multistep":
+        return o.gamma ** sum(epoch >= m for m in o.milestones)
+    if o.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    return 1.0
+
+
+@contextmanager
+def probe_mode(model: nn.Module):
+    """Forward passes that see what training sees (BatchNorm on batch statistics) but change
+    nothing: running statistics frozen (momentum 0), dropout off, no gradients."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [
+        (m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None)
+        for m in bns
+    ]
+    was_training = model.training
+    model.eval()
+    for m in bns:
+        m.train()
+        m.momentum = 0.0
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, (momentum, tracked) in zip(bns, saved, strict=True):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
+        model.train(was_training)
+
+
+class Trainer:
+    """One compression-aware training run, from a validated :class:`TrainConfig`.
+
+    Args:
+        cfg: the configuration.
+        callbacks: receivers of the metrics (see :class:`trainers.callbacks.Callback`).
+        data: preloaded data (tests pass tiny data; otherwise loaded from ``cfg.data``).
+    """
+
+    def __init__(
+        self, cfg: TrainConfig, callbacks: Sequence[Callback] = (), data: DataSplits | None = None
+    ) -> None:
+        problems = check_train_config(cfg)
+        if problems:
+            raise ConfigError(problems)
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.device = resolve_device(cfg.run.device)
+        self.seed = cfg.run.seed
+        _seed_everything(self.seed)
+        if cfg.run.deterministic:
+            torch.use_deterministic_algorithms(True)
+
+        d = cfg.data
+        self.data = data or load_dataset(
+            d.name,
+            batch_size=d.batch_size,
+            test_batch_size=d.test_batch_size,
+            root=d.root,
+            download=d.download,
+            limit_train=d.limit_train,
+            limit_test=d.limit_test,
+            device=str(self.device),
+            **d.options,
+        )
+        self.info = self.data.info
+        self.model = build_model(cfg.model.name, self.info, **cfg.model.options).to(self.device)
+        self.targets = select_targets(self.model, cfg.compression.targets)
+        self.distortion: Distortion | None = None
+        if cfg.compression.method != "none":
+            self.distortion = make_distortion(cfg.compression.method, **cfg.compression.params)
+            problems = []
+            if not self.targets:
+                problems.append(
+                    "compression.targets: no weight tensor selected; relax min_params/exclude or add include patterns"
+                )
+            problems += [
+                f"compression.params: {m}" for m in self.distortion.validate(self._target_weights())
+            ]
+            if problems:
+                raise ConfigError(problems)
+
+        self.steps_per_epoch = len(self.data.train)
+        if self.steps_per_epoch < 1:
+            raise ConfigError(["data: the training set yields no batch; lower data.batch_size"])
+        requested = (
+            cfg.run.steps
+            if cfg.run.steps is not None
+            else round(cfg.run.epochs * self.steps_per_epoch)
+        )
+        self.pnr = cfg.compression.pnr if self.distortion else 1
+        self.num_events = requested // self.pnr if self.distortion else 0
+        if self.distortion and self.num_events == 0:
+            raise ConfigError(
+                [
+                    f"compression.pnr: {self.pnr} exceeds the run's {requested} steps, so no distortion "
+                    "would happen; lower pnr or train longer"
+                ]
+            )
+        # End on a distortion: drop the < pNR trailing steps.
+        self.total_steps = self.num_events * self.pnr if self.distortion else requested
+        self.eval_every = max(1, round(cfg.run.eval_every * self.steps_per_epoch))
+
+        self.optimizer = self._make_optimizer()
+        self.scheduler = None
+        if cfg.optim.schedule != "constant":
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+                self.optimizer,
+                lambda s: lr_factor(cfg, s, self.steps_per_epoch, self.total_steps),
+            )
+        self.probe = self._probe_batch()
+
+        # Progress state: everything here goes into the checkpoint.
+        self.step = 0
+        self.event = 0
+        self.next_eval = self.eval_every
+        self._loss_sum = torch.zeros((), device=self.device)
+        self._loss_count = 0
+        self._ew_sum = 0.0
+        self.last_eval: dict[str, float] = {}
+        self._stop = False
+
+    # ----------------------------------------------------------------- set-up helpers
+    def _target_weights(self) -> dict[str, torch.Tensor]:
+        return {n: p.detach() for n, p in self.targets.items()}
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        o = self.cfg.optim
+        params = self.model.parameters()
+        if o.optimizer == "adam":
+            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        return torch.optim.SGD(
+            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+        )
+
+    def _probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        # A fixed training batch from an order no epoch uses, so loss_pre and loss_post of
+        # every event are measured on the same data, and the epochs' data order is untouched.
+        x, y = next(iter(self.data.train.epoch(-1, self.seed)))
+        n = self.cfg.run.probe_batch_size
+        return (x[:n], y[:n]) if n else (x, y)
+
+    # ----------------------------------------------------------------- control
+    def request_stop(self) -> None:
+        """Stop after the current step (from a callback); the state stays resumable."""
+        self._stop = True
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def _emit(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    def run_info(self) -> dict[str, Any]:
+        return {
+            "model": self.cfg.model.name,
+            "dataset": self.cfg.data.name,
+            "method": self.cfg.compression.method,
+            "pnr": self.pnr,
+            "steps_per_epoch": self.steps_per_epoch,
+            "total_steps": self.total_steps,
+            "num_events": self.num_events,
+            "targets": list(self.targets),
+            "resumed_at": self.step,
+            "params_dense": count_params(self.model),
+        }
+
+    # ----------------------------------------------------------------- the loop
+    def fit(self) -> dict[str, float]:
+        """Train to the end (or until a callback calls :meth:`request_stop`).
+
+        Returns the final metrics when training completed, else ``{}``.
+        """
+        self._stop = False
+        self._emit("on_train_start", self.run_info())
+        self.model.train()
+        while not self.done and not self._stop:
+            epoch, start = divmod(self.step, self.steps_per_epoch)
+            for x, y in self.data.train.epoch(epoch, self.seed, start):
+                self._train_step(x, y)
+                self.step += 1
+                if self.distortion is not None and self.step % self.pnr == 0:
+                    self._distortion_event()
+                elif self.distortion is None and (self.step >= self.next_eval or self.done):
+                    self._evaluation(acc_pre=None)
+                if self.done or self._stop:
+                    break
+        if not self.done:
+            return {}
+        final = self.final_metrics()
+        self._emit("on_train_end", final)
+        return final
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        loss = task_loss(self.model(x), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self._loss_sum += loss.detach()
+        self._loss_count += 1
+
+    def _probe_loss(self) -> torch.Tensor:
+        with probe_mode(self.model):
+            return task_loss(self.model(self.probe[0]), self.probe[1])
+
+    def _distortion_event(self) -> None:
+        assert self.distortion is not None
+        ctx = DistortionContext(self.step, self.total_steps, self.event, self.num_events, self.seed)
+        evaluate = self.step >= self.next_eval or self.step == self.total_steps
+        acc_pre = self.evaluate()[0] if evaluate else None
+        loss_pre = self._probe_loss()
+        with torch.no_grad():
+            before = self._target_weights()
+            after = self.distortion.apply(before, ctx)
+            abs_sum = torch.zeros((), device=self.device)
+            sq_sum = torch.zeros((), device=self.device)
+            n = 0
+            for name, p in self.targets.items():
+                diff = before[name] - after[name]
+                abs_sum += diff.abs().sum()
+                sq_sum += diff.square().sum()
+                n += diff.numel()
+                p.copy_(after[name])
+        loss_post = self._probe_loss()
+        # One device sync for all six numbers.
+        e_w, delta_w, lpre, lpost = torch.stack(
+            [abs_sum / n, sq_sum / n, loss_pre, loss_post]
+        ).tolist()
+        metrics = {
+            "e_w": e_w,
+            "e_w_per_pnr": e_w / self.pnr,
+            "delta_w": delta_w,
+            "loss_pre": lpre,
+            "loss_post": lpost,
+            "delta_loss_ratio": (lpost - lpre) / lpre if lpre != 0 else 0.0,
+        }
+        self._ew_sum += e_w
+        self.event += 1
+        self._emit("on_distortion", self.step, metrics)
+        if evaluate:
+            self._evaluation(acc_pre)
+
+    def _evaluation(self, acc_pre: float | None) -> None:
+        if self.cfg.run.bn_reestimate:
+            self.reestimate_bn(self.cfg.run.bn_reestimate)
+        acc_post, test_loss = self.evaluate()
+        train_loss = (self._loss_sum / max(self._loss_count, 1)).item()
+        self._loss_sum.zero_()
+        self._loss_count = 0
+        metrics = {
+            "epoch": self.step / self.steps_per_epoch,
+            "train_loss": train_loss,
+            "acc_post": acc_post,
+            "test_loss": test_loss,
+        }
+        if acc_pre is not None:
+            metrics["acc_pre"] = acc_pre
+        while self.next_eval <= self.step:
+            self.next_eval += self.eval_every
+        self.last_eval = metrics
+        self._emit("on_evaluation", self.step, metrics)
+
+    # ----------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float, float]:
+        """(accuracy, mean loss) on the test set, in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        correct = torch.zeros((), device=self.device)
+        loss = torch.zeros((), device=self.device)
+        count = 0
+        for x, y in self.data.test.epoch(0, self.seed):
+            out = self.model(x)
+            flat_out, flat_y = out.reshape(-1, out.shape[-1]), y.reshape(-1)
+            loss += F.cross_entropy(flat_out, flat_y, reduction="sum")
+            correct += (flat_out.argmax(dim=1) == flat_y).sum()
+            count += flat_y.numel()
+        self.model.train(was_training)
+        acc, total = torch.stack([correct, loss]).tolist()
+        return acc / max(count, 1), total / max(count, 1)
+
+    @torch.no_grad()
+    def reestimate_bn(self, batches: int) -> None:
+        """Recompute BatchNorm running statistics (stale after a distortion) on fixed batches."""
+        bns = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if not bns:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        saved = [m.momentum for m in bns]
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches below
+            m.train()
+        for i, (x, _) in enumerate(self.data.train.epoch(-2, self.seed)):
+            if i >= batches:
+                break
+            self.model(x)
+        for m, momentum in zip(bns, saved, strict=True):
+            m.momentum = momentum
+        self.model.train(was_training)
+
+    def final_metrics(self) -> dict[str, float]:
+        """accuracy (compressed, after the last distortion), sizes and e_w averages."""
+        weights = self._target_weights()
+        dense = count_params(self.model)
+        compressed = float(dense)
+        macs_by_layer = layer_macs(self.model, self.info.input_shape, self.info.input_dtype)
+        macs_dense = sum(macs_by_layer.values())
+        macs = float(macs_dense)
+        if self.distortion is not None:
+            fractions: dict[str, list[tuple[float, int]]] = {}
+            for name, w in weights.items():
+                compressed += self.distortion.stored_params(name, w) - w.numel()
+                fractions.setdefault(module_of(name), []).append(
+                    (self.distortion.macs_fraction(name, w), w.numel())
+                )
+            for mod, fr in fractions.items():
+                frac = sum(f * n for f, n in fr) / sum(n for _, n in fr)
+                macs -= (1.0 - frac) * macs_by_layer.get(mod, 0)
+        mean_e_w = self._ew_sum / self.num_events if self.num_events else 0.0
+        return {
+            "accuracy": self.last_eval.get("acc_post", float("nan")),
+            "compression_ratio": dense / compressed if compressed else float("inf"),
+            "params": compressed,
+            "params_dense": float(dense),
+            "macs": macs,
+            "macs_dense": float(macs_dense),
+            "mean_e_w": mean_e_w,
+            "mean_e_w_per_pnr": mean_e_w / self.pnr,
+            "steps": float(self.step),
+            "num_distortions": float(self.event),
+        }
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: model, optimizer, schedule, progress, RNGs."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "progress": {
+                "step": self.step,
+                "event": self.event,
+                "next_eval": self.next_eval,
+                "loss_sum": self._loss_sum.clone(),
+                "loss_count": self._loss_count,
+                "ew_sum": self._ew_sum,
+                "last_eval": dict(self.last_eval),
+            },
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "numpy": np.random.get_state(),
+                "python": random.getstate(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state.get("version") != CHECKPOINT_VERSION:
+            raise ValueError(
+                f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        p = state["progress"]
+        self.step, self.event, self.next_eval = p["step"], p["event"], p["next_eval"]
+        self._loss_sum = p["loss_sum"].to(self.device)
+        self._loss_count, self._ew_sum, self.last_eval = (
+            p["loss_count"],
+            p["ew_sum"],
+            dict(p["last_eval"]),
+        )
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+
+    def save_checkpoint(self, path: str) -> None:
+        torch.save(self.state_dict(), path)
+
+    def load_checkpoint(self, path: str) -> None:
+        self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
