@@ -419,13 +419,15 @@ def _load_idx_dataset(
 
 
 def _load_fashion_mnist(cfg: _Config) -> DataSplits:
-    """Fashion-MNIST from IDX files: ``root``, ``root/FashionMNIST/raw``, then Debian's copy."""
-    candidates = []
+    """Fashion-MNIST from IDX files in ``root`` or ``root/FashionMNIST/raw``; without a root,
+    Debian's copy."""
+    # An explicit root is authoritative: a wrong root is an error, not a silent fallback.
     tv_raw = None
     if cfg.root:
         tv_raw = Path(cfg.root) / "FashionMNIST" / "raw"
-        candidates += [Path(cfg.root), tv_raw]
-    candidates.append(Path(FASHION_MNIST_SYSTEM_DIR))
+        candidates = [Path(cfg.root), tv_raw]
+    else:
+        candidates = [Path(FASHION_MNIST_SYSTEM_DIR)]
     hint = (
         "Get it with `apt-get install dataset-fashion-mnist` (installs to "
         f"{FASHION_MNIST_SYSTEM_DIR}), or set root to a directory holding the IDX files "

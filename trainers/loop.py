@@ -25,7 +25,7 @@ from trainers.counting import count_params, layer_macs
 from trainers.data import DataSplits, load_dataset
 from trainers.distortions import Distortion, DistortionContext, make_distortion
 from trainers.models import build_model
-from trainers.targets import module_of, select_targets
+from trainers.targets import compression_targets, module_of
 
 CHECKPOINT_VERSION = 1
 
@@ -116,18 +116,13 @@ class Trainer:
         )
         self.info = self.data.info
         self.model = build_model(cfg.model.name, self.info, **cfg.model.options).to(self.device)
-        self.targets = select_targets(self.model, cfg.compression.targets)
         self.distortion: Distortion | None = None
+        self.targets: dict[str, nn.Parameter] = {}
         if cfg.compression.method != "none":
             self.distortion = make_distortion(cfg.compression.method, **cfg.compression.params)
-            problems = []
-            if not self.targets:
-                problems.append(
-                    "compression.targets: no weight tensor selected; relax min_params/exclude or add include patterns"
-                )
-            problems += [
-                f"compression.params: {m}" for m in self.distortion.validate(self._target_weights())
-            ]
+            self.targets, problems = compression_targets(
+                self.model, cfg.compression.targets, self.distortion
+            )
             if problems:
                 raise ConfigError(problems)
 

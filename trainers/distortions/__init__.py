@@ -14,6 +14,9 @@ REGISTRY: dict[str, str] = {
     "gaussian_noise": "trainers.distortions.noise:GaussianNoise",
     "prune": "trainers.distortions.pruning:MagnitudePruning",
     "quantize": "trainers.distortions.quantization:BinaryCodeQuantization",
+    "svd": "trainers.distortions.svd:SVD",
+    "tiled_svd": "trainers.distortions.tiled_svd:TiledSVD",
+    "tucker2": "trainers.distortions.tucker2:Tucker2",
 }
 
 

@@ -50,6 +50,11 @@ class Distortion:
 
     name: ClassVar[str] = ""
 
+    def applies_to(self, name: str, w: torch.Tensor) -> bool:
+        """Whether the default target selection includes this tensor (``targets.include``
+        patterns override it). All weights by default."""
+        return True
+
     def validate(self, weights: Mapping[str, torch.Tensor]) -> list[str]:
         """Problems that make this distortion impossible on these weights (empty if fine).
 
