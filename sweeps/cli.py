@@ -67,6 +67,142 @@ class _CheckpointEachEvaluation:
         tmp.replace(self.path)
 
 
+def _load_spec_or_exit(
+    path: str, overrides: list[tuple[str, Any]] | None, check_tracking: bool = True
+):
+    from sweeps.spec import SpecError, parse_spec
+
+    try:
+        data = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
+    except yaml.YAMLError as e:
+        print(f"error: {path} is not valid YAML: {e}", file=sys.stderr)
+        return None
+    if data is None:
+        print(f"error: no sweep spec at {path}", file=sys.stderr)
+        return None
+    from trainers.config import set_dotted
+
+    for key, value in overrides or []:
+        set_dotted(data, key, value)
+    try:
+        return parse_spec(data, path, check_tracking=check_tracking)
+    except SpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    spec = _load_spec_or_exit(args.spec, args.set)
+    if spec is None:
+        return 2
+    if args.check:
+        print(f"{args.spec}: valid")
+        return 0
+    from sweeps.runner import run_sweep
+
+    run_sweep(spec, address=args.address)
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from sweeps.runner import resume_sweep
+
+    try:
+        resume_sweep(args.path, address=args.address)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    """Validate here, then run `compsweep run` as a Ray job on the cluster, shipping this folder."""
+    import json
+    import shutil
+    import subprocess
+
+    spec = _load_spec_or_exit(args.spec, args.set, check_tracking=True)
+    if spec is None:
+        return 2
+    ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
+    excludes = [
+        ".venv",
+        "venv",
+        ".git",
+        "mlruns",
+        "mlartifacts",
+        "mlflow.db",
+        "compsweep_results",
+        "ray_results",
+        "data",
+        "**/__pycache__",
+        "*.pt",
+        "*.ckpt",
+    ]
+    entry = [args.python, "-m", "sweeps.cli", "run", args.spec]
+    for key, value in args.set or []:
+        entry += ["--set", f"{key}={json.dumps(value)}"]
+    cmd = [
+        ray_cli,
+        "job",
+        "submit",
+        "--address",
+        args.address,
+        "--working-dir",
+        args.working_dir,
+        "--runtime-env-json",
+        json.dumps({"excludes": excludes}),
+    ]
+    if args.no_wait:
+        cmd.append("--no-wait")
+    cmd += ["--", *entry]
+    print("+ " + " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.progress import print_table
+    from sweeps.runner import SweepRecord, trial_rows
+
+    paths = [Path(args.path)] if args.path else sorted(Path(args.storage).glob("*/compsweep.json"))
+    if not paths:
+        print(f"no sweeps under {args.storage}")
+        return 1
+    for p in paths:
+        try:
+            record = SweepRecord.load(p if p.is_dir() else p.parent)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        rows = trial_rows(record)
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        total = record.spec["budget"]["num_trials"]
+        summary = (
+            ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trial runs yet"
+        )
+        print(f"{record.sweep_id}: {len(rows)}/{total} trials in MLflow ({summary}); {record.path}")
+        if args.path:
+            metric = record.spec["objective"]["metrics"][0]
+            rows.sort(key=lambda r: -(r.get(metric) or float("-inf")))
+            print_table(rows)
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+
+    from sweeps.tracking import default_tracking_uri
+
+    uri = args.tracking_uri or default_tracking_uri()
+    mlflow = str(Path(sys.executable).parent / "mlflow")
+    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
+    os.execv(mlflow, cmd)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="compsweep",
@@ -96,6 +232,90 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--save", help="write the final weights and config to this .pt file")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "run",
+        help="run a sweep (local Ray, or the cluster at --address / RAY_ADDRESS)",
+        description="Validate a sweep spec in full, then run its trials with Ray Tune + Optuna, "
+        "tracking each in MLflow. Progress prints as trials start and finish; the best trials "
+        "are listed at the end.",
+    )
+    p.add_argument("spec", help="sweep spec YAML (see sweeps/specs/)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--set",
+        action="append",
+        type=_parse_override,
+        metavar="KEY=VALUE",
+        help="override a spec field, e.g. --set budget.num_trials=4 (repeatable)",
+    )
+    p.add_argument("--check", action="store_true", help="only validate the spec")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "submit",
+        help="submit a sweep to a Ray cluster as a Ray job (ships this folder)",
+        description="Validate the spec here, then `ray job submit` a `compsweep run` of it to the "
+        "cluster's job API, shipping the working directory (without venvs, results and data). "
+        "Use an MLflow server URL reachable from the cluster as tracking.uri.",
+    )
+    p.add_argument("spec", help="sweep spec YAML, relative to --working-dir")
+    p.add_argument(
+        "--address", required=True, help="the cluster's job API, e.g. http://127.0.0.1:8265"
+    )
+    p.add_argument("--working-dir", default=".", help="folder shipped to the cluster (default: .)")
+    p.add_argument(
+        "--python",
+        default="python",
+        help="python on the cluster's PATH that has compsweep's dependencies",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        type=_parse_override,
+        metavar="KEY=VALUE",
+        help="override a spec field",
+    )
+    p.add_argument(
+        "--no-wait", action="store_true", help="return once submitted instead of following the logs"
+    )
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser(
+        "resume",
+        help="continue an interrupted sweep from its folder",
+        description="Resume an interrupted sweep: unfinished and failed trials continue from their "
+        "checkpoints and keep logging into their own MLflow runs.",
+    )
+    p.add_argument(
+        "path", help="the sweep folder printed by `compsweep run` (holds compsweep.json)"
+    )
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser(
+        "status",
+        help="list sweeps, or show one sweep's trials",
+        description="Without PATH: one line per sweep under --storage. With PATH: that "
+        "sweep's trials from MLflow, best first (works while it runs).",
+    )
+    p.add_argument("path", nargs="?", help="a sweep folder")
+    p.add_argument(
+        "--storage",
+        default="compsweep_results",
+        help="where sweeps are stored (default: compsweep_results)",
+    )
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser(
+        "ui",
+        help="open the MLflow UI on the embedded tracking store",
+        description="Start `mlflow ui` on the embedded store (./mlflow.db) or --tracking-uri.",
+    )
+    p.add_argument("--tracking-uri", help="default: sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

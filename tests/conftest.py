@@ -31,3 +31,20 @@ def tiny_config():
         return parse_train_config(base)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (``tests/mlflow_server.py``) shared by the whole session.
+
+    Started on first use (~20 s). A test that stops it must restart it before it ends
+    (``try: server.stop() ... finally: server.start()``).
+    """
+    from mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -13,19 +13,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+import trainers.export
 from trainers.counting import count_params, layer_macs
 from trainers.data import DataInfo
-from trainers.distortions import Distortion, DistortionContext, make_distortion
-from trainers.export import (
-    TiledLowRankConv2d,
-    TiledLowRankLinear,
-    compression_report,
-    export,
-    load_exported,
-    save_exported,
-    structure_spec,
-)
+from trainers.distortions import REGISTRY, Distortion, DistortionContext, make_distortion
+from trainers.distortions.layers import TiledLowRankConv2d, TiledLowRankLinear
+from trainers.export import compression_report, export
 from trainers.models import VGG, build_model
+from trainers.serialize import load_exported, save_exported, structure_spec
 
 CTX = DistortionContext(step=10, total_steps=100, event=0, num_events=10, seed=0)
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,12 +216,84 @@ def test_export_refuses_what_it_cannot_restructure():
         export(model, make_distortion("svd", rank=1), ["0.weight"])
     with pytest.raises(ValueError, match=r"'1.weight_ih_l0'.*exclude it"):
         export(model, make_distortion("tucker2", rc=0.5), ["1.weight_ih_l0"])
+    with pytest.raises(ValueError, match=r"'0.weight'.*tiles do not divide"):
+        dist = make_distortion("tiled_svd", tile=4, rank=1)
+        export(nn.Sequential(nn.Linear(6, 4)), dist, ["0.weight"])
+
+
+def test_distortion_without_export_layer_keeps_the_structure():
+    """The default hook keeps every layer, whatever it is (an LSTM and a grouped conv too)."""
 
     class Fancy(Distortion):
         name = "fancy"
 
-    with pytest.raises(ValueError, match="no compressed structure for distortion 'fancy'"):
-        export(model, Fancy(), [])
+        def distort_tensor(self, name, w, ctx):
+            return 0.5 * w
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.LSTM(4, 4))
+    exported = export(model, Fancy(), ["0.weight", "1.weight_ih_l0"])
+    assert exported is not model
+    assert [type(m) for m in exported.modules()] == [type(m) for m in model.modules()]
+    before, after = model.state_dict(), exported.state_dict()
+    assert list(before) == list(after)
+    for k, w in before.items():
+        assert torch.equal(after[k], w) and after[k].data_ptr() != w.data_ptr()
+
+
+def test_new_distortion_is_exported_through_its_own_hook_alone(tmp_path):
+    """The extension point: a method defined here, in no registry and unknown to
+    trainers.export, gets its compressed structure from its own export_layer."""
+
+    class Wrapped(Distortion):
+        name = "wrapped_linear"
+
+        def distort_tensor(self, name, w, ctx):
+            return w.clone()
+
+        def export_layer(self, module, weight):
+            assert not torch.is_grad_enabled()
+            if not isinstance(module, nn.Linear):
+                raise ValueError(f"a {type(module).__name__}: wrapped_linear needs an nn.Linear")
+            scale = nn.Linear(module.in_features, module.in_features, bias=False)
+            scale.weight.data.copy_(torch.eye(module.in_features))
+            return nn.Sequential(scale, module)
+
+    assert Wrapped.name not in REGISTRY
+    torch.manual_seed(0)
+    layers = [nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 2)]
+    model = nn.Sequential(*layers).double().train()
+    exported = export(model, Wrapped(), ["2.weight", "4.weight"])
+    for i in (2, 4):
+        assert isinstance(model[i], nn.Linear)  # the original is untouched
+        wrapped = exported[i]
+        assert isinstance(wrapped, nn.Sequential) and isinstance(wrapped[1], nn.Linear)
+        assert wrapped[0].weight.dtype == torch.float64 and wrapped.training
+        torch.testing.assert_close(wrapped[1].weight, model[i].weight, atol=0, rtol=0)
+    assert isinstance(exported[0], nn.Conv2d)
+    x = torch.randn(5, 3, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(exported(x), model(x))
+    exported = exported.float().eval()  # the loader builds float32 modules
+    save_exported(exported, tmp_path / "w.pt")
+    with torch.no_grad():
+        torch.testing.assert_close(load_exported(tmp_path / "w.pt")(x.float()), exported(x.float()))
+    with pytest.raises(ValueError, match=r"export: target '0.weight': a Conv2d: wrapped_linear"):
+        export(model, Wrapped(), ["0.weight"])
+
+
+def test_export_names_no_compression_method():
+    """export.py is generic: no method name, no per-method dispatch."""
+    source = Path(trainers.export.__file__).read_text()
+    for name in REGISTRY:
+        assert f'"{name}"' not in source and f"'{name}'" not in source, name
+
+
+def test_save_and_load_are_re_exported_from_export():
+    import trainers.serialize
+
+    assert trainers.export.save_exported is trainers.serialize.save_exported
+    assert trainers.export.load_exported is trainers.serialize.load_exported
 
 
 @pytest.mark.parametrize(("model_name", "method"), CASES)

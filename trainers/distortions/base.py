@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+from torch import nn
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class DistortionContext:
 
 class Distortion:
     """Base class: subclasses set ``name`` and implement :meth:`distort_tensor` (or
-    :meth:`apply` when the rule couples tensors, e.g. global pruning).
+    :meth:`apply` when the rule couples tensors, e.g. global pruning); methods that change
+    the layers' structure also implement :meth:`export_layer`.
 
     Weights are passed as ``{parameter name: tensor}``; conv kernels have shape
     ``(T, S, d, d)``, linear weights ``(out, in)``.
@@ -82,6 +84,20 @@ class Distortion:
     def macs_fraction(self, name: str, w: torch.Tensor) -> float:
         """Fraction of the layer's dense MACs the compressed form needs (1.0 when dense)."""
         return 1.0
+
+    def export_layer(self, module: nn.Module, weight: torch.Tensor) -> nn.Module | None:
+        """The compressed replacement of one target layer, or None to keep ``module`` as it is.
+
+        Called by :func:`trainers.export.export` once per target, under ``torch.no_grad``:
+        ``module`` is the layer owning the target parameter (in the exported copy) and
+        ``weight`` that parameter's current value, normally already ``h(w)``. The returned
+        module takes ``module``'s place (export moves it to ``module``'s device, dtype and
+        training mode) and must compute the same function. None, the default, means the
+        compressed form is the dense structure itself (decay, noise, pruning, quantization
+        change values, not shapes). Raise ``ValueError`` for a layer that cannot be
+        restructured; export names the target in the message.
+        """
+        return None
 
     def config(self) -> dict:
         """The knobs, for logging and for reproducing the distortion."""

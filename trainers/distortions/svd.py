@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from trainers.distortions.base import Distortion, DistortionContext
+from trainers.distortions.layers import check_restructurable, conv_args, copy_bias
 from trainers.distortions.lowrank import (
     batched_apply,
     ceil_frac,
@@ -113,3 +115,26 @@ class SVD(Distortion):
     def macs_fraction(self, name: str, w: torch.Tensor) -> float:
         # d×d conv S→r plus 1×1 conv r→T at the output resolution: r(m + n) MACs per position.
         return self.stored_params(name, w) / w.numel()
+
+    def export_layer(self, module: nn.Module, weight: torch.Tensor) -> nn.Module:
+        """``K ≈ A·B``: conv → ``d×d`` conv ``S→r`` (no bias, original stride / padding /
+        dilation) then ``1×1`` conv ``r→T`` (original bias); linear → ``Linear(in, r,
+        bias=False)`` then ``Linear(r, out)``."""
+        check_restructurable(module, weight, self.name)
+        a, b = svd_factors(weight, self.layer_rank(weight))  # (T, r), (r, n)
+        r = a.shape[1]
+        has_bias = module.bias is not None
+        if isinstance(module, nn.Linear):
+            first = nn.Linear(module.in_features, r, bias=False)
+            second = nn.Linear(r, module.out_features, bias=has_bias)
+            first.weight.data.copy_(b)
+            second.weight.data.copy_(a)
+        else:
+            first = nn.Conv2d(
+                module.in_channels, r, module.kernel_size, bias=False, **conv_args(module)
+            )
+            second = nn.Conv2d(r, module.out_channels, 1, bias=has_bias)
+            first.weight.data.copy_(b.reshape(r, *weight.shape[1:]))
+            second.weight.data.copy_(a.reshape(*a.shape, 1, 1))
+        copy_bias(second, module)
+        return nn.Sequential(first, second)

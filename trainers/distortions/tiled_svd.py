@@ -4,7 +4,9 @@ The lowered ``m×n`` matrix (conv ``T×(S·d·d)``, linear ``out×in``) is cut i
 and each tile is replaced by its best rank-r approximation. Every tile of every target layer is
 ``k×k``, so one distortion step is ONE batched decomposition over ``(num_tiles, k, k)`` for the
 whole model (``eigh`` of the tiles' Gram matrices, see :mod:`trainers.distortions.lowrank`).
-Storage: ``num_tiles · 2kr`` numbers instead of ``m·n``.
+Storage: ``num_tiles · 2kr`` numbers instead of ``m·n``. The exported layers are
+:class:`~trainers.distortions.layers.TiledLowRankConv2d` / ``TiledLowRankLinear``, holding the
+per-tile factors ``U (m/k, n/k, k, r)`` and ``V (m/k, n/k, r, k)``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,16 @@ import math
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from trainers.distortions.base import Distortion, DistortionContext
+from trainers.distortions.layers import (
+    TiledLowRankConv2d,
+    TiledLowRankLinear,
+    check_restructurable,
+    conv_args,
+    copy_bias,
+)
 from trainers.distortions.lowrank import (
     check_matrix_like,
     divisors,
@@ -174,3 +184,24 @@ class TiledSVD(Distortion):
     def macs_fraction(self, name: str, w: torch.Tensor) -> float:
         # Per output position each tile costs k·r (V) + k·r (U) MACs, the same as its storage.
         return self.stored_params(name, w) / w.numel()
+
+    def export_layer(self, module: nn.Module, weight: torch.Tensor) -> nn.Module:
+        """:class:`TiledLowRankConv2d` / :class:`TiledLowRankLinear` holding the tiles'
+        factors (same arguments and bias as the dense layer)."""
+        check_restructurable(module, weight, self.name)
+        k, r = self.tile, self.rank
+        u, v = tiled_svd_factors(weight, k, r)
+        has_bias = module.bias is not None
+        if isinstance(module, nn.Linear):
+            new = TiledLowRankLinear(module.in_features, module.out_features, k, r, bias=has_bias)
+            factors = new
+        else:
+            new = TiledLowRankConv2d(
+                module.in_channels, module.out_channels, module.kernel_size, k, r, bias=has_bias,
+                **conv_args(module),
+            )  # fmt: skip
+            factors = new.mat
+        factors.u.data.copy_(u)
+        factors.v.data.copy_(v)
+        copy_bias(new, module)
+        return new

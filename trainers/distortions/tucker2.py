@@ -19,8 +19,10 @@ import math
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from trainers.distortions.base import Distortion, DistortionContext
+from trainers.distortions.layers import check_restructurable, conv_args, copy_bias
 from trainers.distortions.lowrank import (
     batched_apply,
     ceil_frac,
@@ -143,3 +145,30 @@ class Tucker2(Distortion):
         # the first 1×1 conv runs at the input resolution and costs 4× more than counted here.
         # compression_report measures the real MACs of the exported model with hooks.
         return self.stored_params(name, w) / w.numel()
+
+    def export_layer(self, module: nn.Module, weight: torch.Tensor) -> nn.Module:
+        """Conv → ``1×1`` conv ``S→R_s``, ``d×d`` core conv ``R_s→R_t`` (original stride,
+        padding, dilation), ``1×1`` conv ``R_t→T`` (original bias); linear → three linears
+        ``S→R_s→R_t→T``."""
+        check_restructurable(module, weight, self.name)
+        core, p_s, p_t = tucker2_factors(weight, *self.ranks(weight))
+        r_t, r_s = core.shape[:2]
+        has_bias = module.bias is not None
+        if isinstance(module, nn.Linear):
+            layers = [
+                nn.Linear(module.in_features, r_s, bias=False),
+                nn.Linear(r_s, r_t, bias=False),
+                nn.Linear(r_t, module.out_features, bias=has_bias),
+            ]
+            weights = [p_s.T, core.reshape(r_t, r_s), p_t]
+        else:
+            layers = [
+                nn.Conv2d(module.in_channels, r_s, 1, bias=False),
+                nn.Conv2d(r_s, r_t, module.kernel_size, bias=False, **conv_args(module)),
+                nn.Conv2d(r_t, module.out_channels, 1, bias=has_bias),
+            ]
+            weights = [p_s.T[..., None, None], core, p_t[..., None, None]]
+        for layer, wt in zip(layers, weights, strict=True):
+            layer.weight.data.copy_(wt)
+        copy_bias(layers[-1], module)
+        return nn.Sequential(*layers)

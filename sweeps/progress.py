@@ -1,0 +1,119 @@
+"""Terminal progress of a sweep (a Ray Tune callback on the driver) and the closing table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+from ray.tune import Callback
+
+from sweeps.spec import SweepSpec
+
+
+def knob_text(result_or_config: dict[str, Any]) -> str:
+    knobs = {
+        k.removeprefix("knob."): v for k, v in result_or_config.items() if k.startswith("knob.")
+    }
+    knobs = knobs or result_or_config
+    return " ".join(f"{k}={_fmt(v)}" for k, v in sorted(knobs.items()))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+class SweepProgress(Callback):
+    """One line when a trial starts, reports, finishes or fails, with the running totals."""
+
+    def __init__(self, spec: SweepSpec, stream: TextIO | None = None) -> None:
+        self.metric = spec.objective.metrics[0]
+        self.mode = spec.objective.resolved_modes()[0]
+        self.total = spec.budget.num_trials
+        # Tune copies its callbacks: keep no stream object, look sys.stdout up when printing.
+        self.stream = stream
+        self.t0 = time.perf_counter()
+        self.best: tuple[float, str] | None = None
+
+    def _line(self, trials: list, text: str, ending: object = None) -> None:
+        # Tune calls on_trial_complete/error before it updates the trial's status.
+        done = sum(t.status in ("TERMINATED", "ERROR") or t is ending for t in trials)
+        running = sum(t.status == "RUNNING" and t is not ending for t in trials)
+        best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+        print(
+            f"[{time.perf_counter() - self.t0:6.0f}s] {done}/{self.total} done, {running} running, {best} | {text}",
+            file=self.stream or sys.stdout,
+            flush=True,
+        )
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._line(trials, f"trial {trial.trial_id} started: {knob_text(trial.config)}")
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._line(
+            trials,
+            f"trial {trial.trial_id} failed (e.g. its worker died); retrying from its last checkpoint",
+        )
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if self.metric in result and not result.get("done"):
+            self._line(
+                trials,
+                f"trial {trial.trial_id} epoch {result.get('epoch', 0):.1f}: acc_post {result.get('acc_post', float('nan')):.4f}",
+            )
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        value = r.get(self.metric)
+        if value is not None and (
+            self.best is None
+            or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        ):
+            self.best = (value, trial.trial_id)
+        acc = r.get("accuracy", float("nan"))
+        ratio = r.get("compression_ratio", float("nan"))
+        text = f"trial {trial.trial_id} finished: accuracy {acc:.4f}, compression {ratio:.2f}x"
+        self._line(trials, text, ending=trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trials, f"trial {trial.trial_id} FAILED: see {trial.path or 'its log'}", trial)
+
+
+def best_rows(
+    rows: list[dict[str, Any]], metrics: list[str], modes: list[str], top: int
+) -> list[dict[str, Any]]:
+    """The best ``top`` rows by the first objective, or the Pareto set for several objectives."""
+    rows = [r for r in rows if all(r.get(m) is not None for m in metrics)]
+    sign = [1 if m == "max" else -1 for m in modes]
+    if len(metrics) == 1:
+        return sorted(rows, key=lambda r: -sign[0] * r[metrics[0]])[:top]
+
+    def dominates(a: dict, b: dict) -> bool:
+        ge = all(s * a[m] >= s * b[m] for m, s in zip(metrics, sign, strict=True))
+        gt = any(s * a[m] > s * b[m] for m, s in zip(metrics, sign, strict=True))
+        return ge and gt
+
+    front = [r for r in rows if not any(dominates(o, r) for o in rows)]
+    return sorted(front, key=lambda r: -sign[0] * r[metrics[0]])
+
+
+def print_table(rows: list[dict[str, Any]], stream: TextIO | None = None) -> None:
+    stream = stream or sys.stdout
+    cols = ["trial", "accuracy", "compression_ratio", "mean_e_w_per_pnr", "knobs", "mlflow_run"]
+    print(
+        f"{'trial':<12} {'accuracy':>8} {'ratio':>7} {'e_w/pNR':>10}  {'knobs':<48} mlflow run",
+        file=stream,
+    )
+    for r in rows:
+        vals = {c: r.get(c) for c in cols}
+        print(
+            f"{vals['trial']!s:<12} {_num(vals['accuracy'], 8, '.4f')} {_num(vals['compression_ratio'], 7, '.2f')} "
+            f"{_num(vals['mean_e_w_per_pnr'], 10, '.2e')}  {vals['knobs']!s:<48} {vals['mlflow_run'] or '-'}",
+            file=stream,
+        )
+
+
+def _num(v: Any, width: int, spec: str) -> str:
+    return f"{v:>{width}{spec}}" if isinstance(v, int | float) else f"{'-':>{width}}"

@@ -1,0 +1,138 @@
+"""One sweep trial, as a Ray Tune function trainable: build the config from the searched knobs,
+train with the compression-aware trainer, report to Tune and log to MLflow.
+
+Every evaluation saves a checkpoint holding the full trainer state and the tracker's unsent
+points and MLflow run id, so a trial restored after its worker died continues bit for bit and
+keeps logging into its own child run.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from sweeps.spec import SweepSpec, from_dict_spec, trial_train_dict
+from sweeps.tracking import TrialTracker
+from trainers.callbacks import Callback
+from trainers.config import parse_train_config
+from trainers.loop import Trainer
+
+TRAINER_FILE = "trainer.pt"
+TRACKER_FILE = "tracker.pkl"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": 0.1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+class TuneBridge(Callback):
+    """Trainer hooks → MLflow (every point) and Ray Tune (each evaluation, with a checkpoint)."""
+
+    def __init__(self, tracker: TrialTracker, knobs: dict[str, Any]) -> None:
+        self.tracker = tracker
+        self.knobs = knobs
+
+    def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(metrics, step=step)
+
+    def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        from ray import tune
+        from ray.tune import Checkpoint
+
+        self.tracker.log_metrics(metrics, step=step)
+        # Send what is buffered before Tune may stop this trial (ASHA); if the server is down,
+        # the unsent points travel in the checkpoint instead.
+        self.tracker.flush(timeout=10.0)
+        with tempfile.TemporaryDirectory(prefix="compsweep-ckpt-") as d:
+            torch.save(trainer.state_dict(), os.path.join(d, TRAINER_FILE))
+            with open(os.path.join(d, TRACKER_FILE), "wb") as f:
+                pickle.dump(self.tracker.state(), f)
+            result = {
+                **metrics,
+                "accuracy": metrics["acc_post"],
+                "step": step,
+                **_prefixed(self.knobs),
+            }
+            tune.report(result, checkpoint=Checkpoint.from_directory(d))
+
+
+def _prefixed(knobs: dict[str, Any]) -> dict[str, Any]:
+    return {f"knob.{k}": v for k, v in knobs.items()}
+
+
+def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """The Tune trainable. ``config`` holds the searched knobs; ``sweep`` the fixed sweep facts
+    (spec, sweep id, tracking URI, experiment id, parent run id)."""
+    from ray import tune
+
+    spec: SweepSpec = from_dict_spec(sweep["spec"])
+    knobs = dict(config)
+    train_dict = trial_train_dict(spec, knobs)
+    cfg = parse_train_config(train_dict, "trial config")
+    trial_id = tune.get_context().get_trial_id()
+    # One intra-op thread per CPU the trial holds: oversubscribed torch threads crawl.
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+
+    trainer_state = tracker_state = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer_state = torch.load(
+                Path(d) / TRAINER_FILE, map_location="cpu", weights_only=False
+            )
+            with open(Path(d) / TRACKER_FILE, "rb") as f:
+                tracker_state = pickle.load(f)
+
+    tracker = TrialTracker(
+        tracking_uri=sweep["tracking_uri"],
+        experiment_id=sweep["experiment_id"],
+        sweep_id=sweep["sweep_id"],
+        parent_run_id=sweep["parent_run_id"],
+        trial_id=trial_id,
+        state=tracker_state,
+    )
+    if tracker_state is None:  # first start (a retry before any checkpoint re-logs the same values)
+        tracker.set_tags({"compsweep.method": cfg.compression.method})
+        tracker.log_params({**_prefixed(knobs), **flatten(cfg.to_dict())})
+        with tempfile.TemporaryDirectory() as d:
+            path = Path(d) / "config.yaml"
+            path.write_text(yaml.safe_dump(train_dict, sort_keys=False))
+            tracker.log_artifact(str(path))
+
+    trainer = Trainer(cfg, callbacks=[TuneBridge(tracker, knobs)])
+    if trainer_state is not None:
+        trainer.load_state_dict(trainer_state)
+    final = trainer.fit()
+    tracker.log_metrics(final, step=trainer.step)
+    _log_compressed_model(tracker, trainer)
+    tracker.close(
+        status="FINISHED", timeout=float(os.environ.get("COMPSWEEP_FLUSH_TIMEOUT", "600"))
+    )
+    tune.report({**final, "step": trainer.step, "done": True, **_prefixed(knobs)})
+
+
+def _log_compressed_model(tracker: TrialTracker, trainer: Trainer) -> None:
+    """The exported (structurally compressed, where the method allows) model as an artifact."""
+    from trainers.export import export, save_exported
+
+    model = trainer.model
+    if trainer.distortion is not None:
+        model = export(trainer.model, trainer.distortion, list(trainer.targets))
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "compressed_model.pt"
+        save_exported(model, str(path))
+        tracker.log_artifact(str(path))
