@@ -21,7 +21,7 @@ sysdeps:
 	fi
 
 demo: $(STAMP)
-	$(BIN)/compsweep train trainers/configs/digits_prune.yaml
+	$(BIN)/compsweep run sweeps/specs/digits_demo.yaml
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

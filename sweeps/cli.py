@@ -42,7 +42,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         trainer.load_checkpoint(str(ckpt))
         print(f"resumed from {ckpt} at step {trainer.step}/{trainer.total_steps}")
     if ckpt:
-        trainer.callbacks.append(_CheckpointEachEvaluation(ckpt))
+        trainer.callbacks.append(_checkpoint_each_evaluation(ckpt))
     trainer.fit()
     if args.save:
         import torch
@@ -52,19 +52,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-class _CheckpointEachEvaluation:
-    """Saves the full training state after every evaluation (atomic rename: never half-written)."""
+def _checkpoint_each_evaluation(path: Path):
+    """A callback saving the full training state after every evaluation, atomically (a crash
+    mid-write leaves the previous checkpoint intact)."""
+    from trainers.callbacks import Callback
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    class CheckpointEachEvaluation(Callback):
+        def on_evaluation(self, trainer, step, metrics) -> None:
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            trainer.save_checkpoint(str(tmp))
+            tmp.replace(path)
 
-    def __getattr__(self, name: str):  # the other hooks do nothing
-        return lambda *a, **k: None
-
-    def on_evaluation(self, trainer, step, metrics) -> None:
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        trainer.save_checkpoint(str(tmp))
-        tmp.replace(self.path)
+    return CheckpointEachEvaluation()
 
 
 def _load_spec_or_exit(

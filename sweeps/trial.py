@@ -105,6 +105,16 @@ def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         trial_id=trial_id,
         state=tracker_state,
     )
+    # Where this attempt runs (a restored trial may land on another node).
+    import ray
+
+    ctx = ray.get_runtime_context()
+    tracker.set_tags(
+        {
+            "compsweep.ray_node_id": ctx.get_node_id(),
+            "compsweep.gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+        }
+    )
     if tracker_state is None:  # first start (a retry before any checkpoint re-logs the same values)
         tracker.set_tags({"compsweep.method": cfg.compression.method})
         tracker.log_params({**_prefixed(knobs), **flatten(cfg.to_dict())})
