@@ -32,6 +32,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["run.steps"] = args.steps
         overrides["run.epochs"] = None
     try:
+        is_best = "configs" in (yaml.safe_load(Path(args.config).read_text()) or {})
+    except (OSError, yaml.YAMLError):
+        is_best = False
+    if is_best or args.tracking_uri or args.register:
+        return _train_final(args, overrides)
+    try:
         cfg = load_train_config(args.config, overrides)
         trainer = Trainer(cfg, callbacks=[ConsoleProgress()])
     except (ConfigError, FileNotFoundError) as e:
@@ -49,6 +55,75 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         torch.save({"config": cfg.to_dict(), "state_dict": trainer.model.state_dict()}, args.save)
         print(f"saved the trained (compressed-state) weights to {args.save}")
+    return 0
+
+
+def _train_final(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
+    from sweeps.final import train_final
+    from trainers.config import ConfigError
+
+    try:
+        out = train_final(args.config, index=args.index, overrides=overrides,
+                          tracking_uri=args.tracking_uri, register=args.register)  # fmt: skip
+    except (ConfigError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"final model: accuracy {out['accuracy']:.4f}, compression {out['compression_ratio']:.2f}x "
+        f"({out['params']:.0f} of {out['params_dense']:.0f} params; exported structure "
+        f"{out['exported_params']:.0f} params, {out['exported_macs']:.0f} MACs)\n"
+        f"MLflow run {out['run_id']} at {out['tracking_uri']}; registered as "
+        f"models:/{out['model_name']}/{out['model_version']} "
+        f"(load with mlflow.pytorch.load_model)"
+    )
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from sweeps.results import resolve_sweep, run_analysis
+
+    try:
+        ref = resolve_sweep(args.sweep, args.tracking_uri)
+        a, trials, files = run_analysis(ref, bins=args.bins, out_dir=args.output)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"sweep {ref.sweep_id}: analyzed {a.used} finished trial(s) of {len(trials)} in MLflow"
+          + (f" ({len(a.skipped)} not finished or without results)" if a.skipped else ""))  # fmt: skip
+    print(
+        f"e_opt = {a.e_opt:.4g}  (mean e_w/pNR of the best trial of each of {len(a.groups)} strength group(s))"
+    )
+    print(f"{'strength':<40} {'trials':>6} {'best acc':>9} {'best pNR':>9} {'suggested pNR':>14}")
+    for g in a.groups:
+        print(f"{g.label:<40} {len(g.trials):>6} {g.best.accuracy:>9.4f} {g.best.pnr or 0:>9.0f} "
+              f"{a.suggested_pnr[g.label]:>14.1f}")  # fmt: skip
+    print(f"logged e_opt, tables and plots to parent run {ref.parent_run_id} (artifacts analysis/); "
+          f"local copies in {files[0].parent}")  # fmt: skip
+    return 0
+
+
+def cmd_best(args: argparse.Namespace) -> int:
+    from sweeps.results import best_configs, resolve_sweep, write_best
+
+    try:
+        ref = resolve_sweep(args.sweep, args.tracking_uri)
+        configs = best_configs(ref, top=args.top, pareto=args.pareto, metric=args.metric)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    selected = (
+        "pareto(accuracy, compression_ratio)"
+        if args.pareto
+        else f"top {args.top} by {args.metric or ref.objective[0]}"
+    )
+    write_best(configs, args.output, selected)
+    for i, c in enumerate(configs):
+        m = c["provenance"]["metrics"]
+        print(f"[{i}] trial {c['provenance']['trial_id']}: accuracy {m.get('accuracy', float('nan')):.4f}, "
+              f"compression {m.get('compression_ratio', float('nan')):.2f}x (run {c['provenance']['run_id']})")  # fmt: skip
+    print(
+        f"wrote {len(configs)} config(s) to {args.output}; train one with: compsweep train {args.output} [--index I] [--epochs N]"
+    )
     return 0
 
 
@@ -215,7 +290,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run one compression-aware training from a YAML config and print per-evaluation "
         "progress and the final metrics.",
     )
-    p.add_argument("config", help="training config YAML (see trainers/configs/)")
+    p.add_argument(
+        "config", help="training config YAML (see trainers/configs/), or a `compsweep best` file"
+    )
     p.add_argument("--epochs", type=float, help="override run.epochs")
     p.add_argument("--steps", type=int, help="override run.steps")
     p.add_argument(
@@ -230,7 +307,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint file: resume from it if present, save to it at each evaluation",
     )
     p.add_argument("--save", help="write the final weights and config to this .pt file")
+    p.add_argument(
+        "--index", type=int, default=0, help="which config of a `compsweep best` file (default 0)"
+    )
+    p.add_argument(
+        "--tracking-uri", help="log as a final run here (default for a best file: its sweep's)"
+    )
+    p.add_argument(
+        "--register", metavar="NAME", help="Model Registry name (default: <sweep>-<method>)"
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "analyze",
+        help="compute e_opt, regularization errors and suggested pNR of a sweep, with plots",
+        description="Read a sweep's trials from MLflow (finished ones; works while it runs), group them "
+        "by compression strength, compute e_opt, every trial's regularization error and the suggested "
+        "pNR per strength, and log e_opt, tables and plots to the sweep's parent run.",
+    )
+    p.add_argument("sweep", help="sweep folder (holds compsweep.json) or sweep id")
+    p.add_argument("--tracking-uri", help="default: the sweep's, or ./mlflow.db for a sweep id")
+    p.add_argument(
+        "--bins", type=int, default=5, help="bins per continuous strength knob (default 5)"
+    )
+    p.add_argument("--output", help="also keep tables and plots in this folder")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "best",
+        help="write the best config(s) of a sweep as ready-to-run training configs",
+        description="Pull the best trial(s) of a sweep from MLflow as training configs with provenance "
+        "(sweep, trial, run id, metrics), ready for `compsweep train`.",
+    )
+    p.add_argument("sweep", help="sweep folder (holds compsweep.json) or sweep id")
+    p.add_argument("-o", "--output", default="best.yaml", help="output YAML (default best.yaml)")
+    p.add_argument("--top", type=int, default=1, help="the K best by --metric (default 1)")
+    p.add_argument(
+        "--pareto", action="store_true", help="the accuracy/compression Pareto set instead"
+    )
+    p.add_argument("--metric", help="ranking metric (default: the sweep's first objective)")
+    p.add_argument("--tracking-uri", help="default: the sweep's, or ./mlflow.db for a sweep id")
+    p.set_defaults(func=cmd_best)
 
     p = sub.add_parser(
         "run",

@@ -203,3 +203,66 @@ def test_interrupted_driver_is_completed_by_resume(mlflow_server, tmp_path):
     for run in children:
         assert run.info.status == "FINISHED"
         assert_complete_series(mlflow_server.uri, run)
+
+
+def test_analyze_best_train_register_on_a_digits_sweep(
+    local_ray, mlflow_server, tmp_path, capsys, monkeypatch
+):
+    """After a real sweep on digits: analyze → best → final train → registry → load and predict."""
+    import mlflow.pytorch
+    import torch
+    import yaml
+
+    from sweeps.cli import main
+
+    data = tiny_spec("digits-e2e", mlflow_server.uri, str(tmp_path / "results"), trials=4)
+    data["train"]["data"] = {"name": "digits", "batch_size": 32}
+    data["train"]["run"] = {"epochs": 2, "eval_every": 1.0, "device": "cpu"}
+    data["space"]["overrides"] = {
+        "pnr": {"choices": [1, 10, 40]},
+        "rate": {"choices": [0.5, 0.8]},
+        "lr": 0.05,
+    }
+    record = run_sweep(parse_spec(data))
+    capsys.readouterr()
+
+    assert main(["analyze", record.path, "--output", str(tmp_path / "analysis")]) == 0
+    out = capsys.readouterr().out
+    assert "analyzed 4 finished trial(s) of 4" in out and "e_opt = " in out
+    client = MlflowClient(mlflow_server.uri)
+    parent = client.get_run(record.parent_run_id)
+    assert parent.data.metrics["e_opt"] > 0
+    logged = {a.path for a in client.list_artifacts(record.parent_run_id, "analysis")}
+    assert {"analysis/trials.csv", "analysis/accuracy_vs_regularization_error.png", "analysis/accuracy_over_pnr.png",
+            "analysis/pareto_front.png"} <= logged  # fmt: skip
+    for png in (tmp_path / "analysis").glob("*.png"):
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+
+    best = tmp_path / "best.yaml"
+    assert main(["best", record.path, "-o", str(best), "--top", "2"]) == 0
+    doc = yaml.safe_load(best.read_text())
+    assert len(doc["configs"]) == 2
+    accs = [c["provenance"]["metrics"]["accuracy"] for c in doc["configs"]]
+    assert accs == sorted(accs, reverse=True)
+    assert doc["configs"][0]["provenance"]["sweep_id"] == record.sweep_id
+
+    assert main(["train", str(best), "--epochs", "3", "--register", "digits-e2e-best"]) == 0
+    out = capsys.readouterr().out
+    assert "final model: accuracy" in out and "models:/digits-e2e-best/1" in out
+    version = client.get_model_version("digits-e2e-best", "1")
+    assert {"accuracy", "compression_ratio", "params", "macs"} <= set(version.tags)
+    final_run = client.get_run(version.run_id)
+    assert final_run.data.tags["compsweep.role"] == "final"
+    assert (
+        final_run.data.tags["compsweep.source_run_id"] == doc["configs"][0]["provenance"]["run_id"]
+    )
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    model = mlflow.pytorch.load_model("models:/digits-e2e-best/1")
+    from trainers.data import load_dataset
+
+    test = load_dataset("digits", batch_size=32, test_batch_size=400).test
+    x, y = next(iter(test.epoch(0, 0)))
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    assert acc == pytest.approx(float(version.tags["accuracy"]), abs=1e-6)

@@ -1,0 +1,162 @@
+"""Final training of a sweep's winner: longer schedule, logged to MLflow as a ``final`` run
+linked to its source trial, exported compressed, and registered in the Model Registry."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainers.callbacks import Callback, ConsoleProgress
+from trainers.config import ConfigError, parse_train_config, set_dotted
+from trainers.loop import Trainer
+
+
+def read_best(path: str, index: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """``(train config mapping, provenance)`` from a `compsweep best` file, or
+    ``(mapping, None)`` from a plain training config."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if "configs" not in data:
+        return data, None
+    configs = data["configs"]
+    if not 0 <= index < len(configs):
+        raise ConfigError(
+            [f"--index {index}: {path} holds {len(configs)} config(s) (0..{len(configs) - 1})"],
+            path,
+        )
+    return configs[index]["config"], configs[index]["provenance"]
+
+
+class _MlflowSeries(Callback):
+    """Per-step series of the final run, sent in one batch per evaluation."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self.pending: list = []
+
+    def _add(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+
+    def on_distortion(self, trainer, step, metrics):
+        self._add(metrics, step)
+
+    def on_evaluation(self, trainer, step, metrics):
+        self._add(metrics, step)
+        self.flush()
+
+    def flush(self) -> None:
+        for i in range(0, len(self.pending), 1000):
+            self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
+        self.pending = []
+
+
+def train_final(
+    path: str,
+    *,
+    index: int = 0,
+    overrides: dict[str, Any] | None = None,
+    tracking_uri: str | None = None,
+    register: str | None = None,
+) -> dict[str, Any]:
+    """Train the config in ``path``, log it as a ``final`` run, register the compressed model.
+
+    Returns the final metrics plus ``run_id``, ``model_name`` and ``model_version``.
+    """
+    import mlflow
+    import mlflow.pytorch
+    import torch
+    from mlflow import MlflowClient
+
+    from sweeps.tracking import default_tracking_uri, ensure_experiment
+    from sweeps.trial import flatten
+    from trainers.export import compression_report, export
+
+    data, prov = read_best(path, index)
+    for key, value in (overrides or {}).items():
+        set_dotted(data, key, value)
+    cfg = parse_train_config(data, path)
+    uri = tracking_uri or (prov or {}).get("tracking_uri") or default_tracking_uri()
+    client = MlflowClient(uri)
+    experiment_id = (prov or {}).get("experiment_id") or ensure_experiment(uri, "compsweep-final")
+    tags = {"compsweep.role": "final", "compsweep.method": cfg.compression.method}
+    if prov:
+        tags.update({
+            "compsweep.sweep_id": prov["sweep_id"],
+            "compsweep.source_trial_id": str(prov["trial_id"]),
+            "compsweep.source_run_id": prov["run_id"],
+        })  # fmt: skip
+    run = client.create_run(
+        experiment_id, tags=tags, run_name=f"final-{(prov or {}).get('trial_id', cfg.model.name)}"
+    )
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id,
+        params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(cfg.to_dict()).items()],
+    )
+    series = _MlflowSeries(client, run_id)
+    trainer = Trainer(cfg, callbacks=[ConsoleProgress(), series])
+    try:
+        final = trainer.fit()
+    except BaseException:
+        series.flush()
+        client.set_terminated(run_id, "FAILED")
+        raise
+    series.flush()
+
+    model = trainer.model
+    if trainer.distortion is not None:
+        model = export(trainer.model, trainer.distortion, list(trainer.targets))
+    report = compression_report(
+        trainer.model, model, trainer.info.input_shape, trainer.info.input_dtype
+    )
+    summary = {**final, "exported_params": float(report["params_after"]), "exported_macs": float(report["macs_after"]),
+               "exported_compression_ratio": float(report["compression_ratio"])}  # fmt: skip
+    client.log_batch(
+        run_id,
+        metrics=[mlflow.entities.Metric(k, float(v), 0, trainer.step) for k, v in summary.items()],
+    )
+    with tempfile.TemporaryDirectory() as d:
+        cfg_path = Path(d) / "config.yaml"
+        cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        client.log_artifact(run_id, str(cfg_path))
+
+    name = register or _model_name(prov, cfg)
+    mlflow.set_tracking_uri(uri)
+    model.eval()
+    example = next(iter(trainer.data.test.epoch(0, cfg.run.seed)))[0][:2].cpu()
+    with mlflow.start_run(run_id=run_id):
+        info = mlflow.pytorch.log_model(
+            model.cpu(),
+            name="model",
+            registered_model_name=name,
+            input_example=example.numpy(),
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    version = str(info.registered_model_version)
+    for key in ("accuracy", "compression_ratio", "params", "macs"):
+        client.set_model_version_tag(name, version, key, str(summary[key]))
+    client.set_model_version_tag(
+        name, version, "exported_compression_ratio", str(summary["exported_compression_ratio"])
+    )
+    if prov:
+        client.set_model_version_tag(name, version, "source_run_id", prov["run_id"])
+    client.set_terminated(run_id, "FINISHED")
+    return {
+        **summary,
+        "run_id": run_id,
+        "model_name": name,
+        "model_version": version,
+        "tracking_uri": uri,
+    }
+
+
+def _model_name(prov: dict[str, Any] | None, cfg: Any) -> str:
+    base = prov["sweep_id"].rsplit("-", 2)[0] if prov else cfg.model.name
+    return f"{base}-{cfg.compression.method}"
