@@ -255,7 +255,10 @@ class Trainer:
 
     def _distortion_event(self) -> None:
         assert self.distortion is not None
-        ctx = DistortionContext(self.step, self.total_steps, self.event, self.num_events, self.seed)
+        lr = self.optimizer.param_groups[0]["lr"]
+        ctx = DistortionContext(
+            self.step, self.total_steps, self.event, self.num_events, self.seed, lr
+        )
         evaluate = self.step >= self.next_eval or self.step == self.total_steps
         acc_pre = self.evaluate()[0] if evaluate else None
         loss_pre = self._probe_loss()

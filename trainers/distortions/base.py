@@ -26,6 +26,7 @@ class DistortionContext:
         num_events: number of distortion events in the whole run.
         seed: run seed; random distortions derive their generator from (seed, event) so a
             resumed run draws exactly the same noise.
+        lr: the learning rate of the last optimizer step (proximal steps scale with it).
     """
 
     step: int
@@ -33,6 +34,7 @@ class DistortionContext:
     event: int
     num_events: int
     seed: int = 0
+    lr: float = 0.0
 
     def generator(self, device: torch.device | str = "cpu") -> torch.Generator:
         """A generator seeded by (seed, event): independent of anything else drawn in training."""
