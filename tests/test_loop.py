@@ -236,3 +236,18 @@ def test_resume_restores_the_dropout_rng_of_a_language_model(tiny_config, tmp_pa
     assert resumed.step == 12 and 4 <= first.step < 12
     for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_tucker2_targets_convs_by_default_and_linear_only_when_named():
+    from trainers.config import TargetConfig
+    from trainers.data import DataInfo
+    from trainers.distortions import make_distortion
+    from trainers.models import build_model
+    from trainers.targets import select_targets
+
+    model = build_model("lenet5", DataInfo((1, 28, 28), 10))
+    tucker = make_distortion("tucker2", rc=0.5)
+    assert list(select_targets(model, TargetConfig(), tucker)) == ["conv2.weight"]
+    assert "fc1.weight" in select_targets(model, TargetConfig(), make_distortion("prune", rate=0.5))
+    named = select_targets(model, TargetConfig(include=["conv2.weight", "fc1.weight"]), tucker)
+    assert list(named) == ["conv2.weight", "fc1.weight"]

@@ -34,7 +34,9 @@ def select_targets(
             full = f"{mod_name}.{p_name}" if mod_name else p_name
             forced = any(fnmatch(full, pat) for pat in cfg.include)
             default_in = (
-                not (cfg.skip_first_conv and mod_name == first_conv) and p.numel() >= cfg.min_params
+                not (cfg.skip_first_conv and mod_name == first_conv)
+                and p.numel() >= cfg.min_params
+                and (distortion is None or distortion.applies_to(full, p))
             )
             if (forced or (default_in and not cfg.include)) and not any(
                 fnmatch(full, pat) for pat in cfg.exclude
