@@ -13,11 +13,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -e '.[dev]'
 	touch $(STAMP)
 
-# Debian packages the tests read: real Fashion-MNIST (IDX files) for the loader test.
+# Debian packages the tests use: real Fashion-MNIST (IDX files) for the loader test;
+# PostgreSQL, docker-compose (validates the compose file, no engine needed) and Chromium for
+# the deployment tests. Installed only when missing.
+SYSDEPS_CHECK = [ -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ] \
+	&& command -v docker-compose >/dev/null && command -v chromium >/dev/null \
+	&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1
+SYSDEPS = dataset-fashion-mnist docker-compose chromium fonts-dejavu-core postgresql
 sysdeps:
-	@if [ ! -f /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz ]; then \
-		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
-		else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi; \
+	@if ! { $(SYSDEPS_CHECK); }; then \
+		SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq --no-install-recommends $(SYSDEPS); \
 	fi
 
 demo: $(STAMP)

@@ -192,12 +192,24 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate here, then run `compsweep run` as a Ray job on the cluster, shipping this folder."""
     import json
+    import os
     import shutil
     import subprocess
+    import tempfile
 
-    spec = _load_spec_or_exit(args.spec, args.set, check_tracking=True)
+    # The tracking server is checked where the sweep runs (`compsweep run` on the cluster):
+    # a cluster-internal URL such as http://mlflow:5000 need not resolve on this machine.
+    # The job runs the spec path relative to the shipped folder: validate that same file.
+    spec_path = args.spec if os.path.isabs(args.spec) else os.path.join(args.working_dir, args.spec)
+    spec = _load_spec_or_exit(spec_path, args.set, check_tracking=False)
     if spec is None:
         return 2
+    if spec.tracking.uri:
+        from sweeps.tracking import check_tracking_uri
+
+        problem = check_tracking_uri(spec.tracking.uri, timeout=5)
+        if problem:
+            print(f"warning (from this machine; the cluster checks again): {problem}", flush=True)
     ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     excludes = [
         ".venv",
@@ -216,22 +228,41 @@ def cmd_submit(args: argparse.Namespace) -> int:
     entry = [args.python, "-m", "sweeps.cli", "run", args.spec]
     for key, value in args.set or []:
         entry += ["--set", f"{key}={json.dumps(value)}"]
-    cmd = [
-        ray_cli,
-        "job",
-        "submit",
-        "--address",
-        args.address,
-        "--working-dir",
-        args.working_dir,
-        "--runtime-env-json",
-        json.dumps({"excludes": excludes}),
-    ]
-    if args.no_wait:
-        cmd.append("--no-wait")
-    cmd += ["--", *entry]
-    print("+ " + " ".join(cmd), flush=True)
-    return subprocess.call(cmd)
+    env_vars = {}
+    for item in args.env or []:
+        key, sep, value = item.partition("=")
+        if not sep and key not in os.environ:
+            print(f"error: --env {key}: not set in this environment", file=sys.stderr)
+            return 2
+        env_vars[key] = value if sep else os.environ[key]
+    with tempfile.TemporaryDirectory(prefix="compsweep-submit-") as tmp:
+        if env_vars:
+            # Values (e.g. MLflow credentials) reach the job through a private file, not the
+            # command line, which other users of this machine can read.
+            runtime_env = Path(tmp) / "runtime_env.yaml"
+            runtime_env.write_text(yaml.safe_dump({"excludes": excludes, "env_vars": env_vars}))
+            runtime_args = ["--runtime-env", str(runtime_env)]
+        else:
+            runtime_args = ["--runtime-env-json", json.dumps({"excludes": excludes})]
+        cmd = [
+            ray_cli,
+            "job",
+            "submit",
+            "--address",
+            args.address,
+            "--working-dir",
+            args.working_dir,
+            *runtime_args,
+        ]
+        if args.no_wait:
+            cmd.append("--no-wait")
+        cmd += ["--", *entry]
+        shown = f"  (env_vars: {', '.join(env_vars)})" if env_vars else ""
+        print("+ " + " ".join(cmd) + shown, flush=True)
+        from sweeps.runner import ray_auth_env
+
+        # `ray job submit` finds the cluster's token but sends it only with RAY_AUTH_MODE=token.
+        return subprocess.call(cmd, env={**os.environ, **ray_auth_env()})
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -394,6 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-wait", action="store_true", help="return once submitted instead of following the logs"
+    )
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="KEY[=VALUE]",
+        help="set an environment variable of the job's driver and trials; KEY alone forwards "
+        "its value here, e.g. --env MLFLOW_TRACKING_USERNAME --env MLFLOW_TRACKING_PASSWORD "
+        "(repeatable)",
     )
     p.set_defaults(func=cmd_submit)
 

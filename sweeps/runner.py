@@ -65,16 +65,31 @@ class SweepRecord:
         }
 
 
+def ray_auth_env() -> dict[str, str]:
+    """Environment a Ray client needs for a cluster with token authentication (Ray's default).
+
+    A client finds the token (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``) but uses it only with ``RAY_AUTH_MODE=token``: set that when a token
+    is at hand and the user has not chosen a mode.
+    """
+    if "RAY_AUTH_MODE" in os.environ:
+        return {}
+    token_file = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file):
+        return {"RAY_AUTH_MODE": "token"}
+    return {}
+
+
 def connect_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Join the cluster at ``address`` / ``RAY_ADDRESS`` (as inside ``ray job submit``), else
-    start a local Ray. Token authentication: a local Ray creates its token; for a remote
-    cluster, carry it in ``RAY_AUTH_TOKEN`` / ``~/.ray/auth_token`` or set ``RAY_AUTH_MODE``."""
+    start a local Ray (which creates its own token)."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
+        os.environ.update(ray_auth_env())
         ray.init(address=address, log_to_driver=False)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
@@ -289,7 +304,7 @@ def _finish(record: SweepRecord, grid: Any, stream: TextIO) -> None:
     )
     if record.tracking_uri.startswith("sqlite"):
         print(
-            f"Browse it with `compsweep ui` and open http://127.0.0.1:5000/#/experiments/{record.experiment_id}",
+            f"Browse it with `compsweep ui` and open http://127.0.0.1:5000/#/experiments/{record.experiment_id}/runs?workflowType=machine_learning",
             file=stream,
         )
     print(f"Sweep state: {record.path}", file=stream, flush=True)
