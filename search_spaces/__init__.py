@@ -28,6 +28,8 @@ SPACES: dict[str, str] = {
     "tiled_svd": "search_spaces.lowrank:tiled_svd",
     "tucker2": "search_spaces.lowrank:tucker2",
     "mixed": "search_spaces.mixed:mixed",
+    "funnel": "search_spaces.funnel:funnel",
+    "nuclear": "search_spaces.nuclear:nuclear",
 }
 
 RANGE_KEYS = {"low", "high", "log", "step", "choices"}

@@ -266,3 +266,48 @@ def test_analyze_best_train_register_on_a_digits_sweep(
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
     assert acc == pytest.approx(float(version.tags["accuracy"]), abs=1e-6)
+
+
+def test_funnel_sweep_over_c_schedules(local_ray, mlflow_server, tmp_path):
+    """A small funnel sweep (gated Tucker-2, C-schedule searched) end to end: every trial runs
+    its four phases and logs the fine-tuned compressed model and the per-phase metrics."""
+    from trainers.export import load_exported
+
+    data = tiny_spec("funnel-e2e", mlflow_server.uri, str(tmp_path / "results"), trials=3, steps=24)
+    data["train"]["compression"]["params"] = {"finetune_epochs": 1.0}
+    data["space"] = {
+        "name": "funnel",
+        "overrides": {
+            "c_schedule": {"choices": ["constant", "linear", "exp"]},
+            "c0": {"low": 0.5, "high": 2.0},
+            "c_final": 0.1,
+            "c_gamma": 0.5,
+            "c_every": 1,
+            "lam": 0.05,
+            "threshold": 0.3,
+            "penalty": "funnel",
+            "lr": 0.05,
+        },
+    }
+    data["search"] = {"sampler": "random"}
+    record = run_sweep(parse_spec(data))
+
+    parents, children = sweep_runs(mlflow_server.uri, "funnel-e2e", record.sweep_id)
+    assert len(parents) == 1 and len(children) == 3
+    client = MlflowClient(mlflow_server.uri)
+    schedules = set()
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["compression.method"] == "funnel"
+        schedules.add(run.data.params["knob.c_schedule"])
+        m = run.data.metrics
+        for phase in ("decompose", "train", "compress", "finetune"):
+            assert {f"{phase}_accuracy", f"{phase}_params", f"{phase}_macs"} <= set(m), phase
+        assert 0 <= m["compress_pruning_ratio"] <= 1
+        assert m["accuracy"] == m["finetune_accuracy"]
+        assert m["params"] == m["compress_params"] and m["steps"] == 24 + 8
+        assert len(client.get_metric_history(run.info.run_id, "acc_post")) > 1
+        path = client.download_artifacts(run.info.run_id, "compressed_model.pt", str(tmp_path))
+        model = load_exported(path)
+        assert sum(p.numel() for p in model.parameters()) == m["params"]
+    assert len(schedules) >= 2

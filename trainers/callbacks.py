@@ -29,6 +29,14 @@ class Callback:
         The trainer's state is consistent here, so this is the place to checkpoint.
         """
 
+    def on_phase(
+        self, trainer: Trainer, phase: str, metrics: dict[str, float], details: dict[str, Any]
+    ) -> None:
+        """After each phase of a phase-structured method (``funnel``: "decompose", "train",
+        "compress", "finetune"): accuracy, params, macs and the method's own scalars (e.g.
+        pruning_ratio); ``details`` is a small JSON-able mapping (e.g. gate histograms per
+        layer). The scalars also reach ``on_train_end`` as ``<phase>_<name>``."""
+
     def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
         """Once, with the final metrics (accuracy, compression_ratio, params, macs, ...)."""
 
@@ -46,6 +54,14 @@ class ConsoleProgress(Callback):
 
     def on_train_start(self, trainer: Trainer, info: dict[str, Any]) -> None:
         self._t0 = time.perf_counter()
+        if "phase_end" in info:
+            self._print(
+                f"{info['model']} on {info['dataset']}: {info['method']}, {info['total_steps']} "
+                f"steps ({info['steps_per_epoch']}/epoch): regularized to step "
+                f"{info['phase_end']}, then compressed and fine-tuned; "
+                f"{len(info['targets'])} target tensors"
+            )
+            return
         self._print(
             f"{info['model']} on {info['dataset']}: {info['total_steps']} steps "
             f"({info['steps_per_epoch']}/epoch), {info['method']} every pNR={info['pnr']} steps "
@@ -63,6 +79,15 @@ class ConsoleProgress(Callback):
             f"epoch {metrics['epoch']:6.2f}  step {step:>6}/{trainer.total_steps}  "
             f"train_loss {metrics['train_loss']:.4f}  {pre}acc_post {metrics['acc_post']:.4f}"
             f"{extra}  [{time.perf_counter() - self._t0:.1f}s]"
+        )
+
+    def on_phase(
+        self, trainer: Trainer, phase: str, metrics: dict[str, float], details: dict[str, Any]
+    ) -> None:
+        self._print(
+            f"phase {phase}: "
+            + "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+            + f"  [{time.perf_counter() - self._t0:.1f}s]"
         )
 
     def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:

@@ -70,7 +70,7 @@ class TargetConfig:
 @dataclass
 class CompressionConfig:
     method: str = "none"  # a distortion registry name, or "none" for plain training
-    pnr: int = 1  # optimizer steps between distortion events
+    pnr: int | str = 1  # optimizer steps between distortion events, or "epoch" (one epoch)
     params: dict[str, Any] = field(default_factory=dict)
     targets: TargetConfig = field(default_factory=TargetConfig)
 
@@ -191,7 +191,12 @@ def check_train_config(cfg: TrainConfig) -> list[str]:
                 make_distortion(c.method, **c.params)
             except ValueError as e:
                 p.append(f"compression.params: {e}")
-    if c.pnr < 1:
+    if isinstance(c.pnr, str) and c.pnr != "epoch":
+        p.append(
+            f"compression.pnr: expected int, got {c.pnr!r}; give the optimizer steps between "
+            "distortions, or 'epoch' for one epoch"
+        )
+    elif isinstance(c.pnr, int) and c.pnr < 1:
         p.append(
             f"compression.pnr: must be an integer >= 1 (optimizer steps between distortions), got {c.pnr}"
         )

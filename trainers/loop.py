@@ -4,6 +4,12 @@ Train normally; after every pNR optimizer steps replace each target weight ``w``
 and keep training from there. The run is cut to ``⌊steps/pNR⌋·pNR`` steps so it ends on a
 distortion event: the final weights are exactly representable in compressed form, and the
 reported ``accuracy`` is measured right after that last distortion.
+
+A phase-structured method (a :class:`~trainers.methods.MethodRecipe`, e.g. ``funnel``) instead
+restructures the model before the optimizer is built, adds its term to the loss during the
+regularized phase (``run.epochs`` / ``run.steps``), compresses the model at its end, and
+fine-tunes the result with a new optimizer (and a restarted schedule); ``accuracy`` is then the
+fine-tuned compressed model's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from trainers.config import ConfigError, TrainConfig, check_train_config
 from trainers.counting import count_params, layer_macs
 from trainers.data import DataSplits, load_dataset
 from trainers.distortions import Distortion, DistortionContext, make_distortion
+from trainers.methods import MethodRecipe, PhaseReport
 from trainers.models import build_model
 from trainers.targets import compression_targets, module_of
 
@@ -117,14 +124,17 @@ class Trainer:
         self.info = self.data.info
         self.model = build_model(cfg.model.name, self.info, **cfg.model.options).to(self.device)
         self.distortion: Distortion | None = None
+        self.method: MethodRecipe | None = None  # a phase-structured method (trainers.methods)
         self.targets: dict[str, nn.Parameter] = {}
         if cfg.compression.method != "none":
-            self.distortion = make_distortion(cfg.compression.method, **cfg.compression.params)
-            self.targets, problems = compression_targets(
-                self.model, cfg.compression.targets, self.distortion
-            )
+            made = make_distortion(cfg.compression.method, **cfg.compression.params)
+            self.targets, problems = compression_targets(self.model, cfg.compression.targets, made)
             if problems:
                 raise ConfigError(problems)
+            if isinstance(made, MethodRecipe):
+                self.method = made
+            else:
+                self.distortion = made
 
         self.steps_per_epoch = len(self.data.train)
         if self.steps_per_epoch < 1:
@@ -134,7 +144,8 @@ class Trainer:
             if cfg.run.steps is not None
             else round(cfg.run.epochs * self.steps_per_epoch)
         )
-        self.pnr = cfg.compression.pnr if self.distortion else 1
+        pnr = cfg.compression.pnr
+        self.pnr = (self.steps_per_epoch if pnr == "epoch" else int(pnr)) if self.distortion else 1
         self.num_events = requested // self.pnr if self.distortion else 0
         if self.distortion and self.num_events == 0:
             raise ConfigError(
@@ -147,13 +158,23 @@ class Trainer:
         self.total_steps = self.num_events * self.pnr if self.distortion else requested
         self.eval_every = max(1, round(cfg.run.eval_every * self.steps_per_epoch))
 
+        # A recipe restructures the model now, trains it `requested` steps with its extra loss,
+        # compresses it at step `phase_end`, then fine-tunes it (see _end_phase).
+        self.phase_end = -1
+        self._extra_loss = None
+        self.phase_metrics: dict[str, float] = {}
+        if self.method is not None:
+            self._dense_size = (count_params(self.model), self._macs())
+            epochs = requested / self.steps_per_epoch
+            self.model = self.method.prepare(self.model, self.targets, self.info, epochs)
+            self.model.to(self.device)
+            self.phase_end = requested
+            finetune = round(self.method.finetune_epochs * self.steps_per_epoch)
+            self.total_steps = requested + finetune
+            self._extra_loss = self.method.extra_loss
+
         self.optimizer = self._make_optimizer()
-        self.scheduler = None
-        if cfg.optim.schedule != "constant":
-            self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-                self.optimizer,
-                lambda s: lr_factor(cfg, s, self.steps_per_epoch, self.total_steps),
-            )
+        self.scheduler = self._make_scheduler(self.phase_end if self.method else self.total_steps)
         self.probe = self._probe_batch()
 
         # Progress state: everything here goes into the checkpoint.
@@ -170,14 +191,27 @@ class Trainer:
     def _target_weights(self) -> dict[str, torch.Tensor]:
         return {n: p.detach() for n, p in self.targets.items()}
 
-    def _make_optimizer(self) -> torch.optim.Optimizer:
+    def _make_optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:
         o = self.cfg.optim
         params = self.model.parameters()
+        lr = o.lr if lr is None else lr
         if o.optimizer == "adam":
-            return torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+            return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
         return torch.optim.SGD(
-            params, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
+            params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
         )
+
+    def _make_scheduler(self, steps: int) -> torch.optim.lr_scheduler.LambdaLR | None:
+        """The learning-rate schedule of the optimizer over a run (or phase) of ``steps``."""
+        if self.cfg.optim.schedule == "constant":
+            return None
+        steps = max(steps, 1)
+        return torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(self.cfg, s, self.steps_per_epoch, steps)
+        )
+
+    def _macs(self) -> int:
+        return sum(layer_macs(self.model, self.info.input_shape, self.info.input_dtype).values())
 
     def _probe_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         # A fixed training batch from an order no epoch uses, so loss_pre and loss_post of
@@ -200,7 +234,7 @@ class Trainer:
             getattr(cb, hook)(self, *args)
 
     def run_info(self) -> dict[str, Any]:
-        return {
+        info = {
             "model": self.cfg.model.name,
             "dataset": self.cfg.data.name,
             "method": self.cfg.compression.method,
@@ -212,6 +246,10 @@ class Trainer:
             "resumed_at": self.step,
             "params_dense": count_params(self.model),
         }
+        if self.method is not None:
+            info["phase_end"] = self.phase_end
+            info["params_dense"] = self._dense_size[0]
+        return info
 
     # ----------------------------------------------------------------- the loop
     def fit(self) -> dict[str, float]:
@@ -221,13 +259,17 @@ class Trainer:
         """
         self._stop = False
         self._emit("on_train_start", self.run_info())
+        if self.method is not None and self.step == 0:
+            self._phase("decompose")
         self.model.train()
         while not self.done and not self._stop:
             epoch, start = divmod(self.step, self.steps_per_epoch)
             for x, y in self.data.train.epoch(epoch, self.seed, start):
                 self._train_step(x, y)
                 self.step += 1
-                if self.distortion is not None and self.step % self.pnr == 0:
+                if self.step == self.phase_end:  # a recipe's regularized phase ends (else -1)
+                    self._end_phase()
+                elif self.distortion is not None and self.step % self.pnr == 0:
                     self._distortion_event()
                 elif self.distortion is None and (self.step >= self.next_eval or self.done):
                     self._evaluation(acc_pre=None)
@@ -235,14 +277,19 @@ class Trainer:
                     break
         if not self.done:
             return {}
+        if self.method is not None and self.total_steps > self.phase_end:
+            self._phase("finetune", acc=self.last_eval.get("acc_post"))
         final = self.final_metrics()
         self._emit("on_train_end", final)
         return final
 
     def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         loss = task_loss(self.model(x), y)
+        total = loss
+        if self._extra_loss is not None:  # a recipe's regularizer (e.g. funnel gates)
+            total = loss + self._extra_loss(self.model, self.step // self.steps_per_epoch)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
@@ -292,6 +339,40 @@ class Trainer:
         self._emit("on_distortion", self.step, metrics)
         if evaluate:
             self._evaluation(acc_pre)
+
+    # ----------------------------------------------------------------- recipe phases
+    def _phase(
+        self, name: str, report: PhaseReport | None = None, acc: float | None = None
+    ) -> None:
+        """Measure and report a recipe's phase: accuracy, params, MACs, plus its own metrics."""
+        assert self.method is not None
+        report = self.method.report(self.model, name) if report is None else report
+        metrics = {
+            "accuracy": self.evaluate()[0] if acc is None else acc,
+            "params": float(count_params(self.model)),
+            "macs": float(self._macs()),
+            **report.metrics,
+        }
+        self.phase_metrics.update({f"{name}_{k}": v for k, v in metrics.items()})
+        self._emit("on_phase", name, metrics, report.details)
+
+    def _end_phase(self) -> None:
+        """End of the regularized phase: report it, let the recipe compress the model, then
+        fine-tune it with a new optimizer (and schedule) and no extra loss."""
+        assert self.method is not None
+        self._phase("train")
+        self.model, report = self.method.end_phase(self.model)
+        self._start_finetune()
+        self._phase("compress", report)
+        if self.done or self.step >= self.next_eval:
+            self._evaluation(acc_pre=None)
+
+    def _start_finetune(self) -> None:
+        assert self.method is not None
+        self.model.to(self.device)
+        self._extra_loss = None
+        self.optimizer = self._make_optimizer(self.method.finetune_lr)
+        self.scheduler = self._make_scheduler(self.total_steps - self.phase_end)
 
     def _evaluation(self, acc_pre: float | None) -> None:
         if self.cfg.run.bn_reestimate:
@@ -372,7 +453,7 @@ class Trainer:
                 frac = sum(f * n for f, n in fr) / sum(n for _, n in fr)
                 macs -= (1.0 - frac) * macs_by_layer.get(mod, 0)
         mean_e_w = self._ew_sum / self.num_events if self.num_events else 0.0
-        return {
+        metrics = {
             "accuracy": self.last_eval.get("acc_post", float("nan")),
             "compression_ratio": dense / compressed if compressed else float("inf"),
             "params": compressed,
@@ -384,6 +465,12 @@ class Trainer:
             "steps": float(self.step),
             "num_distortions": float(self.event),
         }
+        if self.method is not None:  # compared with the model before the recipe's prepare
+            params, macs_before = self._dense_size
+            metrics["params_dense"], metrics["macs_dense"] = float(params), float(macs_before)
+            metrics["compression_ratio"] = params / compressed
+            metrics.update(self.phase_metrics)
+        return metrics
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -394,6 +481,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "method": self.method.state_dict() if self.method else None,
             "progress": {
                 "step": self.step,
                 "event": self.event,
@@ -402,6 +490,7 @@ class Trainer:
                 "loss_count": self._loss_count,
                 "ew_sum": self._ew_sum,
                 "last_eval": dict(self.last_eval),
+                "phase_metrics": dict(self.phase_metrics),
             },
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -416,6 +505,11 @@ class Trainer:
             raise ValueError(
                 f"checkpoint version {state.get('version')} is not {CHECKPOINT_VERSION}"
             )
+        if self.method is not None and state.get("method") is not None:
+            # Saved after the recipe's end_phase: rebuild that structure and the fine-tuning
+            # optimizer, then load their states.
+            self.model = self.method.restore(self.model, state["method"])
+            self._start_finetune()
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
@@ -428,6 +522,7 @@ class Trainer:
             p["ew_sum"],
             dict(p["last_eval"]),
         )
+        self.phase_metrics = dict(p.get("phase_metrics", {}))
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] is not None and torch.cuda.is_available():
