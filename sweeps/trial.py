@@ -49,6 +49,19 @@ class TuneBridge(Callback):
     def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=step)
 
+    def on_phase(
+        self, trainer: Trainer, phase: str, metrics: dict[str, float], details: dict[str, Any]
+    ) -> None:
+        # Phase scalars (e.g. compress_pruning_ratio) arrive with the final metrics too; the
+        # per-layer details (gate histograms, kept ranks) go in as a JSON artifact.
+        if details:
+            import json
+
+            with tempfile.TemporaryDirectory() as d:
+                path = Path(d) / f"phase_{phase}.json"
+                path.write_text(json.dumps(details, indent=1, default=str))
+                self.tracker.log_artifact(str(path), "phases")
+
     def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         from ray import tune
         from ray.tune import Checkpoint

@@ -307,6 +307,7 @@ def test_funnel_sweep_over_c_schedules(local_ray, mlflow_server, tmp_path):
         assert m["accuracy"] == m["finetune_accuracy"]
         assert m["params"] == m["compress_params"] and m["steps"] == 24 + 8
         assert len(client.get_metric_history(run.info.run_id, "acc_post")) > 1
+        assert client.list_artifacts(run.info.run_id, "phases")  # gate histograms per layer
         path = client.download_artifacts(run.info.run_id, "compressed_model.pt", str(tmp_path))
         model = load_exported(path)
         assert sum(p.numel() for p in model.parameters()) == m["params"]
