@@ -131,3 +131,9 @@ def test_quantized_values_are_codes(w):
     torch.testing.assert_close(wq.reshape(3, -1), (code * alpha[:, None, :]).sum(-1))
     d = make_distortion("quantize", bits=2)
     assert d.stored_params("w", w) == pytest.approx(2 * 36 / 32 + 2 * 3)
+
+
+def test_pruning_rate_is_exact_with_ties_at_the_threshold():
+    w = torch.tensor([1.0, -1.0, 1.0, 1.0, 2.0, 2.0])
+    out = prune_smallest(w, 0.5)
+    assert int((out == 0).sum()) == 3 and torch.equal(out[4:], w[4:])

@@ -19,10 +19,15 @@ def prune_smallest(w: torch.Tensor, rate: float) -> torch.Tensor:
     k = round(rate * w.numel())
     if k <= 0:
         return w.clone()
-    flat = w.flatten().clone()
-    idx = torch.topk(flat.abs(), k, largest=False, sorted=False).indices
-    flat[idx] = 0
-    return flat.view_as(w)
+    flat = w.flatten()
+    mag = flat.abs()
+    # kthvalue + masks is ~3x faster than a top-k over 90% of the weights (this runs every pNR
+    # steps on every target); ties at the threshold are settled by index to keep the count exact.
+    threshold = torch.kthvalue(mag, k).values
+    drop = mag < threshold
+    ties = (mag == threshold).nonzero().squeeze(1)
+    drop[ties[: k - int(drop.sum())]] = True
+    return flat.masked_fill(drop, 0).view_as(w)
 
 
 def prune_global(weights: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
