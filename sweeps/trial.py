@@ -42,9 +42,12 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 class TuneBridge(Callback):
     """Trainer hooks → MLflow (every point) and Ray Tune (each evaluation, with a checkpoint)."""
 
-    def __init__(self, tracker: TrialTracker, knobs: dict[str, Any]) -> None:
+    def __init__(
+        self, tracker: TrialTracker, knobs: dict[str, Any], flush_each_evaluation: bool
+    ) -> None:
         self.tracker = tracker
         self.knobs = knobs
+        self.flush_each_evaluation = flush_each_evaluation
 
     def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=step)
@@ -67,9 +70,11 @@ class TuneBridge(Callback):
         from ray.tune import Checkpoint
 
         self.tracker.log_metrics(metrics, step=step)
-        # Send what is buffered before Tune may stop this trial (ASHA); if the server is down,
-        # the unsent points travel in the checkpoint instead.
-        self.tracker.flush(timeout=10.0)
+        if self.flush_each_evaluation:
+            # A scheduler may stop this trial after the report: send what is buffered first
+            # (it blocks training ~50 ms, so only then). If the server is down, or without a
+            # scheduler, the unsent points travel in the checkpoint and the sender keeps going.
+            self.tracker.flush(timeout=10.0)
         with tempfile.TemporaryDirectory(prefix="compsweep-ckpt-") as d:
             torch.save(trainer.state_dict(), os.path.join(d, TRAINER_FILE))
             with open(os.path.join(d, TRACKER_FILE), "wb") as f:
@@ -136,7 +141,8 @@ def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
             path.write_text(yaml.safe_dump(train_dict, sort_keys=False))
             tracker.log_artifact(str(path))
 
-    trainer = Trainer(cfg, callbacks=[TuneBridge(tracker, knobs)])
+    bridge = TuneBridge(tracker, knobs, flush_each_evaluation=spec.scheduler.name != "none")
+    trainer = Trainer(cfg, callbacks=[bridge])
     if trainer_state is not None:
         trainer.load_state_dict(trainer_state)
     final = trainer.fit()
