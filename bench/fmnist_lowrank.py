@@ -211,7 +211,12 @@ def main() -> None:
     ap.add_argument("--tile", type=int, default=10, help="tiled SVD tile size k")
     ap.add_argument("--rank", type=int, default=2, help="tiled SVD rank per tile")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (1 avoids oversubscription when other work runs)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1 avoids oversubscription when other work runs)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
