@@ -65,9 +65,10 @@ class NarrowedTrial:
             return "choices", o
         return "fixed", o
 
-    def suggest_float(
-        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
-    ) -> float:
+    def _suggest_range(
+        self, suggest: Any, name: str, low: Any, high: Any, step: Any, log: bool
+    ) -> Any:
+        """``suggest_float`` / ``suggest_int`` with the override applied."""
         kind, o = self._override(name)
         if kind == "fixed":
             self.fixed[name] = o
@@ -77,21 +78,17 @@ class NarrowedTrial:
         if kind == "range":
             low, high = o.get("low", low), o.get("high", high)
             step, log = o.get("step", step), o.get("log", log)
-        return self._trial.suggest_float(name, low, high, step=step, log=log)
+        return suggest(name, low, high, step=step, log=log)
+
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> float:
+        return self._suggest_range(self._trial.suggest_float, name, low, high, step, log)
 
     def suggest_int(
         self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
     ) -> int:
-        kind, o = self._override(name)
-        if kind == "fixed":
-            self.fixed[name] = o
-            return o
-        if kind == "choices":
-            return self._trial.suggest_categorical(name, o)
-        if kind == "range":
-            low, high = o.get("low", low), o.get("high", high)
-            step, log = o.get("step", step), o.get("log", log)
-        return self._trial.suggest_int(name, low, high, step=step, log=log)
+        return self._suggest_range(self._trial.suggest_int, name, low, high, step, log)
 
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any:
         kind, o = self._override(name)
