@@ -137,3 +137,13 @@ def test_pruning_rate_is_exact_with_ties_at_the_threshold():
     w = torch.tensor([1.0, -1.0, 1.0, 1.0, 2.0, 2.0])
     out = prune_smallest(w, 0.5)
     assert int((out == 0).sum()) == 3 and torch.equal(out[4:], w[4:])
+
+
+def test_pruning_selects_the_same_entries_on_the_numpy_and_torch_paths():
+    # float32 on CPU takes the numpy selection, float16 the torch.kthvalue one.
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randint(-8, 9, (3, 4, 3), generator=g) / 4).float()  # many ties
+    for rate in (0.3, 0.5, 0.75):
+        a, b = prune_smallest(w, rate), prune_smallest(w.half(), rate)
+        assert torch.equal(a == 0, b == 0)
+        assert int((a == 0).sum()) == round(rate * w.numel())

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
 import torch
 
 from trainers.distortions.base import Distortion, DistortionContext
@@ -19,15 +20,31 @@ def prune_smallest(w: torch.Tensor, rate: float) -> torch.Tensor:
     k = round(rate * w.numel())
     if k <= 0:
         return w.clone()
+    if w.device.type == "cpu" and w.dtype in (torch.float32, torch.float64):
+        return _prune_smallest_numpy(w, k)
     flat = w.flatten()
     mag = flat.abs()
-    # kthvalue + masks is ~3x faster than a top-k over 90% of the weights (this runs every pNR
-    # steps on every target); ties at the threshold are settled by index to keep the count exact.
     threshold = torch.kthvalue(mag, k).values
     drop = mag < threshold
-    ties = (mag == threshold).nonzero().squeeze(1)
-    drop[ties[: k - int(drop.sum())]] = True
+    below = int(drop.sum())
+    if below < k:  # entries equal to the threshold fill the count, lowest index first
+        ties = (mag == threshold).nonzero().squeeze(1)
+        drop[ties[: k - below]] = True
     return flat.masked_fill(drop, 0).view_as(w)
+
+
+def _prune_smallest_numpy(w: torch.Tensor, k: int) -> torch.Tensor:
+    # The same selection as the torch path, on CPU: numpy's introselect is ~4x faster than
+    # torch.kthvalue there, and this runs every pNR steps on every target layer.
+    a = w.detach().reshape(-1).numpy()
+    mag = np.abs(a)
+    threshold = np.partition(mag, k - 1)[k - 1]
+    drop = mag < threshold
+    below = int(np.count_nonzero(drop))
+    if below < k:
+        drop[np.flatnonzero(mag == threshold)[: k - below]] = True
+    # np.where is ~2x faster here than a boolean-mask assignment into a copy.
+    return torch.from_numpy(np.where(drop, a.dtype.type(0), a)).view_as(w)
 
 
 def prune_global(weights: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
