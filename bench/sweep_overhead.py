@@ -12,7 +12,8 @@ Measured:
   experiment created in another process: a new SQLite database gets its tables, or the
   ``mlflow server`` starts; never included). The driver's ``import mlflow`` stays inside.
 * sweep wall: from the ``run_sweep`` call to its return (experiment and parent run, Tune,
-  searcher, trial processes, the final table).
+  searcher, trial processes, the final table). Trial processes are reused (``reuse_actors``):
+  only the first trial of each slot pays for a new process (imports of torch and mlflow).
 * each trial's own time, two ways, both read back from MLflow:
   - training time (the ratio's denominator): ``Trainer.fit`` of the trial, from its metric
     timestamps. The first point is logged at the first distortion (pNR steps into ``fit()``),
@@ -29,7 +30,7 @@ Measured:
 Printed: wall / (sum of trial times / C), target <= 1.2, for each combination; and where the
 idle slot time went (lead-in before the first trial, hand-over gaps between trials, tail).
 
-    .venv/bin/python bench/sweep_overhead.py [--trials 4] [--concurrency 2] [--steps 2400]
+    .venv/bin/python bench/sweep_overhead.py [--trials 4] [--concurrency 2] [--steps 6000]
     .venv/bin/python bench/sweep_overhead.py --trials 2 --steps 200   # quick check
 """
 
@@ -120,7 +121,7 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=4)
     ap.add_argument("--concurrency", type=int, default=2, help="budget.max_concurrent")
     ap.add_argument("--cpus", type=float, default=1.0, help="CPUs per trial")
-    ap.add_argument("--steps", type=int, default=2400, help="steps per trial (~30 s by default)")
+    ap.add_argument("--steps", type=int, default=6000, help="steps per trial (~30 s by default)")
     ap.add_argument("--model", default="small_cnn")
     ap.add_argument("--n-train", type=int, default=8192, help="synthetic training samples")
     ap.add_argument(

@@ -206,7 +206,9 @@ def run_sweep(
             scheduler=_scheduler(spec),
             num_samples=spec.budget.num_trials,
             time_budget_s=spec.budget.time_budget_s,
-            reuse_actors=False,
+            # A finished trial's process, with torch and mlflow imported, serves the next
+            # trial: saves seconds of start-up per trial. train_trial leaves no state behind.
+            reuse_actors=True,
         ),
         run_config=_run_config(spec, record, stream),
     )

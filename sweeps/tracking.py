@@ -564,6 +564,27 @@ class TrialTracker:
         )
         return False
 
+    def stop(self, timeout: float = 10.0) -> bool:
+        """Send what is buffered (for up to ``timeout`` s) and stop the background thread,
+        leaving the run's status alone: for a trial that did not end here (it failed, or a
+        scheduler stopped it) and whose run is settled, or continued, by someone else.
+
+        Returns True when everything was sent; otherwise the rest is saved in the spool
+        directory (a later tracker of the same trial picks it up) and in :meth:`state`.
+        """
+        if self._closed:
+            return self._terminated
+        sent = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._abort = True
+            self._cond.notify_all()
+        self._wake.set()
+        self._thread.join(2.0)
+        if not sent:
+            self._save_pending()
+        return sent
+
     def __enter__(self) -> TrialTracker:
         return self
 

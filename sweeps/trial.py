@@ -95,6 +95,17 @@ def _prefixed(knobs: dict[str, Any]) -> dict[str, Any]:
 def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     """The Tune trainable. ``config`` holds the searched knobs; ``sweep`` the fixed sweep facts
     (spec, sweep id, tracking URI, experiment id, parent run id)."""
+    # Tune runs the next trial in this same process (reuse_actors): leave torch's process-wide
+    # settings as they were found.
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        _run_trial(config, sweep)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     from ray import tune
 
     spec: SweepSpec = from_dict_spec(sweep["spec"])
@@ -131,6 +142,7 @@ def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         {
             "compsweep.ray_node_id": ctx.get_node_id(),
             "compsweep.gpu_ids": ",".join(str(g) for g in ray.get_gpu_ids()),
+            "compsweep.worker_pid": str(os.getpid()),
         }
     )
     if tracker_state is None:  # first start (a retry before any checkpoint re-logs the same values)
@@ -141,13 +153,20 @@ def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
             path.write_text(yaml.safe_dump(train_dict, sort_keys=False))
             tracker.log_artifact(str(path))
 
-    bridge = TuneBridge(tracker, knobs, flush_each_evaluation=spec.scheduler.name != "none")
-    trainer = Trainer(cfg, callbacks=[bridge])
-    if trainer_state is not None:
-        trainer.load_state_dict(trainer_state)
-    final = trainer.fit()
-    tracker.log_metrics(final, step=trainer.step)
-    _log_compressed_model(tracker, trainer)
+    try:
+        bridge = TuneBridge(tracker, knobs, flush_each_evaluation=spec.scheduler.name != "none")
+        trainer = Trainer(cfg, callbacks=[bridge])
+        if trainer_state is not None:
+            trainer.load_state_dict(trainer_state)
+        final = trainer.fit()
+        tracker.log_metrics(final, step=trainer.step)
+        _log_compressed_model(tracker, trainer)
+    except BaseException:
+        # Failed, or stopped by a scheduler (Tune raises SystemExit in tune.report): send what
+        # is buffered and stop the sender thread, which would otherwise outlive the trial in a
+        # reused process. The run's status is left to the restored attempt or to the driver.
+        tracker.stop(timeout=10.0)
+        raise
     tracker.close(
         status="FINISHED", timeout=float(os.environ.get("COMPSWEEP_FLUSH_TIMEOUT", "600"))
     )

@@ -20,7 +20,9 @@ TINY = {
 }
 
 
-@pytest.mark.parametrize("command", ["train", "run", "submit", "resume", "status", "ui", "analyze", "best"])
+@pytest.mark.parametrize(
+    "command", ["train", "run", "submit", "resume", "status", "ui", "analyze", "best"]
+)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as e:
         main([command, "--help"])

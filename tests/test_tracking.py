@@ -202,6 +202,21 @@ def test_retried_trial_continues_its_run(sweep):
     assert loss[14] == 114.0
 
 
+def test_stop_sends_everything_and_leaves_the_status_alone(sweep):
+    """A stopped (not finished) trial: its points arrive, its run stays RUNNING for the next
+    attempt or the driver to settle, and no sender thread outlives it in a reused process."""
+    client = MlflowClient(sweep["uri"])
+    t = tracker(sweep, "trial_stopped", flush_interval=3600)  # only stop() sends
+    for step in range(12):
+        t.log_metrics({"loss": float(step)}, step)
+    assert t.stop(timeout=60)
+    assert not t._thread.is_alive()
+    assert client.get_run(t.run_id).info.status == "RUNNING"
+    assert sorted(history(client, t.run_id, "loss")) == list(range(12))
+    t.log_metrics({"loss": 99.0}, 99)  # after stop: refused with a warning, not queued
+    assert t.state()["points"] == []
+
+
 CRASHING_TRIAL = textwrap.dedent(
     """
     import os, pickle, signal, sys
