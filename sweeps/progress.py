@@ -58,7 +58,7 @@ class SweepProgress(Callback):
         )
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.metric in result and not result.get("done"):
+        if self.metric in result and not result.get("completed") and not result.get("done"):
             self._line(
                 trials,
                 f"trial {trial.trial_id} epoch {result.get('epoch', 0):.1f}: acc_post {result.get('acc_post', float('nan')):.4f}",
@@ -75,6 +75,11 @@ class SweepProgress(Callback):
         acc = r.get("accuracy", float("nan"))
         ratio = r.get("compression_ratio", float("nan"))
         text = f"trial {trial.trial_id} finished: accuracy {acc:.4f}, compression {ratio:.2f}x"
+        if not r.get("completed"):
+            text = (
+                f"trial {trial.trial_id} stopped early by the scheduler at epoch "
+                f"{r.get('epoch', 0):.1f}: accuracy {acc:.4f}"
+            )
         self._line(trials, text, ending=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):

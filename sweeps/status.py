@@ -51,7 +51,7 @@ class TrialRunStatus(Callback):
         self.facts = facts
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if not (trial.last_result or {}).get("done"):  # ended by the scheduler, not by itself
+        if not (trial.last_result or {}).get("completed"):  # stopped by the scheduler
             settle_trial_run(self.facts, trial.trial_id, "KILLED", _checkpoint_dir(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):

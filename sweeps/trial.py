@@ -170,7 +170,9 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     tracker.close(
         status="FINISHED", timeout=float(os.environ.get("COMPSWEEP_FLUSH_TIMEOUT", "600"))
     )
-    tune.report({**final, "step": trainer.step, "done": True, **_prefixed(knobs)})
+    # "completed" marks a trial that ran to its end: Tune also sets "done" on the last result
+    # of a trial that a scheduler stopped.
+    tune.report({**final, "step": trainer.step, "completed": True, **_prefixed(knobs)})
 
 
 def _log_compressed_model(tracker: TrialTracker, trainer: Trainer) -> None:

@@ -134,6 +134,31 @@ def test_tracking_server_down_for_30s_loses_nothing(local_ray, mlflow_server, tm
         assert_complete_series(mlflow_server.uri, run)
 
 
+def test_asha_stops_trials_and_their_runs_are_settled(local_ray, mlflow_server, tmp_path):
+    """ASHA stops the hopeless trials (a learning rate of 1e-5 against 0.1 on digits): their
+    runs end KILLED with every point they reported, the others FINISHED, none left RUNNING."""
+    spec_dict = tiny_spec("asha", mlflow_server.uri, str(tmp_path / "results"), trials=6)
+    spec_dict["train"]["data"] = {"name": "digits", "batch_size": 32, "limit_train": 256}
+    spec_dict["train"]["run"] = {"epochs": 6, "eval_every": 1.0, "device": "cpu"}
+    spec_dict["space"]["overrides"] = {"pnr": {"low": 2, "high": 4}, "lr": {"choices": [0.1, 1e-5]}}
+    spec_dict["scheduler"] = {"name": "asha", "grace_period": 1, "reduction_factor": 2}
+    record = run_sweep(parse_spec(spec_dict))
+
+    parents, children = sweep_runs(mlflow_server.uri, "asha", record.sweep_id)
+    assert len(parents) == 1 and len(children) == 6
+    statuses = sorted(r.info.status for r in children)
+    assert set(statuses) <= {"FINISHED", "KILLED"} and "KILLED" in statuses, statuses
+    client = MlflowClient(mlflow_server.uri)
+    for run in children:
+        acc = client.get_metric_history(run.info.run_id, "acc_post")
+        steps = [m.step for m in acc]
+        assert acc and len(steps) == len(set(steps)), steps  # each evaluation once
+        if run.info.status == "KILLED":
+            assert "accuracy" not in run.data.metrics  # stopped before its final metrics
+        else:
+            assert_complete_series(mlflow_server.uri, run)
+
+
 def test_interrupted_driver_is_completed_by_resume(mlflow_server, tmp_path):
     """A real `compsweep run` process gets Ctrl-C after its first finished trial; `compsweep
     resume` then finishes the sweep, every trial exactly once in MLflow."""
