@@ -2,9 +2,11 @@
 
 The same Trainer config (small CNN on synthetic 8x8 data, magnitude pruning, evaluation every
 epoch) runs once without callbacks ("off") and once with a callback that forwards every
-``on_distortion`` / ``on_evaluation`` metric to a :class:`sweeps.tracking.TrialTracker` and
-flushes it at every evaluation, as ``sweeps/trial.py``'s TuneBridge does (minus Ray: no Tune
-report, no checkpoint). Two tracking back ends: a real ``mlflow server`` on 127.0.0.1
+``on_distortion`` / ``on_evaluation`` metric to a :class:`sweeps.tracking.TrialTracker`, as
+``sweeps/trial.py``'s TuneBridge does (minus Ray: no Tune report, no checkpoint). Like a sweep
+without a scheduler, the tracker sends in the background and is not flushed at evaluations;
+``--flush-each-evaluation`` measures what a sweep with ASHA does (a blocking flush before each
+report, so a stopped trial has sent everything). Two tracking back ends: a real ``mlflow server`` on 127.0.0.1
 (``tests/mlflow_server.py``) and the embedded SQLite store (``sqlite:///<tmp>/mlflow.db``).
 
 The "on" region runs from creating the tracker (its run is created in the background while
@@ -23,7 +25,7 @@ ratio of this process's CPU time off/on (all threads, so the tracker's sender is
 which other processes competing for the cores barely disturb, unlike the wall time. With the
 server, its own CPU time is shown too (here it shares the machine; a cluster server would not).
 
-    .venv/bin/python bench/logging_overhead.py [--rounds 5] [--steps 1920] [--steps-pnr1 960]
+    .venv/bin/python bench/logging_overhead.py [--rounds 5] [--steps 1920] [--steps-pnr1 960] [--flush-each-evaluation]
 """
 
 from __future__ import annotations
@@ -53,10 +55,11 @@ LABELS = {"off": "off", "server": "on, mlflow server", "sqlite": "on, sqlite emb
 
 
 class TrackerBridge(Callback):
-    """TuneBridge minus Ray: every point to the tracker, a flush at every evaluation."""
+    """TuneBridge minus Ray: every point to the tracker (optionally a flush at evaluations)."""
 
-    def __init__(self, tracker: TrialTracker) -> None:
+    def __init__(self, tracker: TrialTracker, flush_each_evaluation: bool) -> None:
         self.tracker = tracker
+        self.flush_each_evaluation = flush_each_evaluation
         self.flush_wait = 0.0  # seconds the training thread spent blocked in flush()
 
     def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
@@ -64,9 +67,10 @@ class TrackerBridge(Callback):
 
     def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=step)
-        t0 = time.perf_counter()
-        self.tracker.flush(timeout=10.0)
-        self.flush_wait += time.perf_counter() - t0
+        if self.flush_each_evaluation:
+            t0 = time.perf_counter()
+            self.tracker.flush(timeout=10.0)
+            self.flush_wait += time.perf_counter() - t0
 
 
 def make_config(args: argparse.Namespace, pnr: int, steps: int, seed: int):
@@ -135,7 +139,7 @@ class Bench:
         )
         tracker.set_tags({"compsweep.method": "prune"})
         tracker.log_params(flatten_params(cfg.to_dict()))
-        bridge = TrackerBridge(tracker)
+        bridge = TrackerBridge(tracker, self.args.flush_each_evaluation)
         trainer.callbacks.append(bridge)
         final = trainer.fit()
         tracker.log_metrics(final, step=trainer.step)
@@ -195,6 +199,11 @@ def fmt(times: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument(
+        "--flush-each-evaluation",
+        action="store_true",
+        help="flush the tracker at every evaluation, as a sweep with a scheduler (ASHA) does",
+    )
     ap.add_argument("--steps", type=int, default=1920, help="steps of the pNR=10 runs")
     ap.add_argument("--steps-pnr1", type=int, default=960, help="steps of the pNR=1 runs")
     ap.add_argument("--model", default="small_cnn")
@@ -246,8 +255,9 @@ def main() -> None:
     steps_per_epoch = len(bench.data.train)
     print(
         f"{args.model} on synthetic 8x8 ({args.n_train} train, batch {args.batch_size}, "
-        f"{steps_per_epoch} steps/epoch), prune (gradual to 0.8), eval + flush every "
-        f"{args.eval_every:g} epoch(s), torch threads {torch.get_num_threads()}, {args.rounds} rounds"
+        f"{steps_per_epoch} steps/epoch), prune (gradual to 0.8), eval every "
+        f"{args.eval_every:g} epoch(s) {'with' if args.flush_each_evaluation else 'without'} a "
+        f"flush, torch threads {torch.get_num_threads()}, {args.rounds} rounds"
     )
     print(
         "'on' = tracker created + fit + final metrics + tracker.close() (close INCLUDED); "

@@ -378,6 +378,7 @@ class TrialTracker:
         self._closed = False
         self._abort = False
         self._terminated = False
+        self._flush_waiters = 0  # flush() calls waiting for the sender
         self._fail_seq = 0  # failed send attempts so far (flush() watches it)
         self._failures = 0  # consecutive failures (backoff)
         self._last_error: str | None = None
@@ -514,17 +515,21 @@ class TrialTracker:
         deadline = time.monotonic() + timeout
         with self._cond:
             start_fail = self._fail_seq
+            self._flush_waiters += 1  # the sender makes passes back to back until we return
             self._wake.set()
-            while self._has_pending():
-                if not self._thread.is_alive():
-                    return False
-                if not wait_while_down and self._fail_seq > start_fail:
-                    return False
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.2))
-            return True
+            try:
+                while self._has_pending():
+                    if not self._thread.is_alive():
+                        return False
+                    if not wait_while_down and self._fail_seq > start_fail:
+                        return False
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return False
+                    self._cond.wait(min(remaining, 0.2))
+                return True
+            finally:
+                self._flush_waiters -= 1
 
     def close(self, status: str = "FINISHED", timeout: float = 60.0) -> bool:
         """Send everything, then set the run's status; stop the background thread.
@@ -685,7 +690,7 @@ class TrialTracker:
             if self._terminated:
                 return
             delay = self.flush_interval
-            if self._closing is not None:
+            if self._closing is not None or (self._flush_waiters and self._has_pending()):
                 delay = 0.0
 
     def _mlflow(self):
@@ -804,14 +809,21 @@ class TrialTracker:
                 self._cond.notify_all()
 
     def _send_points(self) -> None:
-        while True:
+        # Only what was buffered when this pass began: points that keep trickling in while it
+        # sends wait for the next pass, so a busy trainer is served in a few large requests per
+        # flush_interval rather than a stream of tiny ones (each costs a request's overhead in
+        # this process, competing with training for the GIL).
+        with self._lock:
+            budget = self._pending_points()
+        while budget > 0:
             with self._lock:
                 if self._inflight_pos >= len(self._inflight):
                     if not self._buf:
                         return
                     self._inflight, self._buf, self._inflight_pos = self._buf, [], 0
                 pos = self._inflight_pos
-                chunk = self._inflight[pos : pos + MAX_METRICS_PER_BATCH]
+                chunk = self._inflight[pos : pos + min(MAX_METRICS_PER_BATCH, budget)]
+            budget -= len(chunk)
             batch = self._new_points(chunk)
             if batch:
                 self._send_bisect(batch, self._log_points, "metric", on_sent=self._mark_stored)
