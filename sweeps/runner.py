@@ -287,7 +287,7 @@ def _finish(record: SweepRecord, grid: Any, stream: TextIO) -> None:
         )
         return
     rows = trial_rows(record, grid)
-    finished = [r for r in rows if r.get("done") or r.get("status") == "TERMINATED"]
+    finished = [r for r in rows if r["status"] == "TERMINATED"]
     errors = sum(1 for r in rows if r["status"] == "ERROR")
     finish_run(
         record.tracking_uri,

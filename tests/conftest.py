@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from trainers.config import parse_train_config
 
@@ -31,6 +32,16 @@ def tiny_config():
         return parse_train_config(base)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one intra-op thread for a module: on tiny models the thread hand-offs cost
+    more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -25,13 +25,7 @@ from trainers.funnel import (
 )
 from trainers.loop import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def grad_of(fn, x: torch.Tensor, c: float) -> torch.Tensor:

@@ -15,13 +15,7 @@ from trainers.distortions.nuclear import energy_rank, numerical_rank
 from trainers.export import compression_report, export
 from trainers.loop import Trainer
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def ctx(lr: float, event: int = 0, num_events: int = 10) -> DistortionContext:
