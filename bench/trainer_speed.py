@@ -12,7 +12,9 @@ thread) and whole rounds shift by a few percent (memory layout), so the steady-s
 the median of all rounds' paired per-chunk ratios; the last chunk, where the trainer also
 measures acc_pre, is charged on top as a fixed cost. Chunking costs the trainer a little (it
 re-enters ``fit`` once per chunk), so the ratio errs on the plain loop's side.
-6000 steps are five epochs of Fashion-MNIST at batch 50.
+6000 steps are five epochs of Fashion-MNIST at batch 50. The trainer flushes subnormal floats
+to zero while it trains (``run.flush_subnormals``); the plain loop does not, as written by hand
+(its dense model has almost no subnormal momentum entries, so it would gain nothing).
 
     .venv/bin/python bench/trainer_speed.py [--steps 6000] [--rounds 5] [--threads 1] [--dataset fashion_mnist]
 """

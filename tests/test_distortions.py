@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -137,6 +138,22 @@ def test_pruning_rate_is_exact_with_ties_at_the_threshold():
     w = torch.tensor([1.0, -1.0, 1.0, 1.0, 2.0, 2.0])
     out = prune_smallest(w, 0.5)
     assert int((out == 0).sum()) == 3 and torch.equal(out[4:], w[4:])
+
+
+@pytest.mark.parametrize("zero_fraction", [0.0, 0.05, 0.4, 0.95])
+@pytest.mark.parametrize("rate", [0.3, 0.9])
+def test_pruning_drops_the_k_smallest_lowest_index_first(zero_fraction, rate):
+    # A layer whose pruned weights got no gradient is mostly exact zeros: the selection sets
+    # them aside; the result must still be the first k of a stable sort by magnitude.
+    g = torch.Generator().manual_seed(0)
+    w = (torch.randint(-40, 41, (64, 48), generator=g) / 8).float()  # ties as well
+    w[torch.rand(w.shape, generator=g) < zero_fraction] = 0.0
+    k = round(rate * w.numel())
+    expected = torch.ones(w.numel(), dtype=torch.bool)
+    expected[np.argsort(w.abs().flatten().numpy(), kind="stable")[:k]] = False
+    out = prune_smallest(w, rate)
+    assert torch.equal(out.flatten() != 0, expected & (w.flatten() != 0))
+    assert torch.equal(out[out != 0], w[out != 0])
 
 
 def test_pruning_selects_the_same_entries_on_the_numpy_and_torch_paths():

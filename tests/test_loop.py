@@ -9,7 +9,7 @@ import torch
 
 from trainers.callbacks import Callback
 from trainers.config import ConfigError, parse_train_config
-from trainers.loop import Trainer
+from trainers.loop import Trainer, _flushing_subnormals
 
 
 class Recorder(Callback):
@@ -51,6 +51,24 @@ def test_final_weights_are_exactly_compressed(tiny_config):
     t.fit()
     for name, p in t.targets.items():
         assert int((p == 0).sum()) == round(0.5 * p.numel()), name
+
+
+class FlushProbe(Callback):
+    def __init__(self):
+        self.seen: list[bool] = []
+
+    def on_distortion(self, trainer, step, metrics):
+        self.seen.append(_flushing_subnormals())
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_subnormals_are_flushed_during_fit_only(tiny_config, flush):
+    probe = FlushProbe()
+    t = Trainer(tiny_config(run={"flush_subnormals": flush}), [probe])
+    assert not _flushing_subnormals()
+    t.fit()
+    assert probe.seen and set(probe.seen) == {flush}
+    assert not _flushing_subnormals()  # restored: the process is not left changed
 
 
 def test_pnr_larger_than_run_is_a_config_error(tiny_config):

@@ -85,6 +85,7 @@ class RunConfig:
     bn_reestimate: int = 0  # training batches to re-estimate BatchNorm statistics before eval
     probe_batch_size: int | None = None  # batch for loss_pre/loss_post; default the train batch
     deterministic: bool = False  # torch.use_deterministic_algorithms (slower on GPU)
+    flush_subnormals: bool = True  # CPU: subnormal floats read and written as 0 during fit()
 
 
 @dataclass

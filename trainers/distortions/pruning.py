@@ -38,13 +38,31 @@ def _prune_smallest_numpy(w: torch.Tensor, k: int) -> torch.Tensor:
     # torch.kthvalue there, and this runs every pNR steps on every target layer.
     a = w.detach().reshape(-1).numpy()
     mag = np.abs(a)
-    threshold = np.partition(mag, k - 1)[k - 1]
-    drop = mag < threshold
-    below = int(np.count_nonzero(drop))
-    if below < k:
-        drop[np.flatnonzero(mag == threshold)[: k - below]] = True
-    # np.where is ~2x faster here than a boolean-mask assignment into a copy.
-    return torch.from_numpy(np.where(drop, a.dtype.type(0), a)).view_as(w)
+    threshold = _kth_smallest(mag, k)
+    drop = mag <= threshold
+    extra = int(np.count_nonzero(drop)) - k
+    if extra > 0:  # ties at the threshold: the lowest-index ones go, the others stay
+        ties = np.flatnonzero(mag == threshold)
+        drop[ties[ties.size - extra :]] = False
+    if not np.isfinite(threshold):  # inf·0 would be nan: the slower select instead
+        return torch.from_numpy(np.where(drop, a.dtype.type(0), a)).view_as(w)
+    # Multiplying by the keep mask is ~2.5x faster than np.where (dropped negatives become
+    # -0.0, which equals 0 everywhere, count_nonzero included).
+    return torch.from_numpy(a * ~drop).view_as(w)
+
+
+def _kth_smallest(mag: np.ndarray, k: int) -> np.floating:
+    """The ``k``-th smallest entry (1-based) of the non-negative ``mag``."""
+    # Introselect slows down ~15x on an array that is mostly one value, as a layer is when its
+    # pruned weights stay exactly zero (no gradient reaches them), so such zeros are set
+    # aside. A strided sample says whether to look: counting them costs a third of the select.
+    sample = mag[:: max(mag.size // 1024, 1)]
+    if np.count_nonzero(sample) < 0.9 * sample.size:
+        zeros = mag.size - int(np.count_nonzero(mag))
+        if zeros >= k:
+            return mag.dtype.type(0)
+        mag, k = mag[mag != 0], k - zeros
+    return np.partition(mag, k - 1)[k - 1]
 
 
 def prune_global(weights: Mapping[str, torch.Tensor], rate: float) -> dict[str, torch.Tensor]:
