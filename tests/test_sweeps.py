@@ -83,6 +83,21 @@ def _kill_a_trial_worker_after_checkpoint(
         time.sleep(0.1)
 
 
+def test_a_sweep_whose_ray_fails_to_start_leaves_no_running_parent(
+    mlflow_server, tmp_path, monkeypatch
+):
+    # The parent run is opened while Ray starts; if Ray cannot start, it is ended FAILED.
+    def no_ray(address=None):
+        raise ConnectionError(f"no Ray cluster at {address}")
+
+    monkeypatch.setattr("sweeps.runner.connect_ray", no_ray)
+    spec = parse_spec(tiny_spec("no-ray", mlflow_server.uri, str(tmp_path / "results")))
+    with pytest.raises(ConnectionError, match="no Ray cluster at 127.0.0.1:1"):
+        run_sweep(spec, address="127.0.0.1:1")
+    parents, children = sweep_runs(mlflow_server.uri, "no-ray")
+    assert [p.info.status for p in parents] == ["FAILED"] and children == []
+
+
 def test_killed_worker_resumes_into_its_own_run(local_ray, mlflow_server, tmp_path, capsys):
     storage = tmp_path / "results"
     spec = parse_spec(tiny_spec("kill", mlflow_server.uri, str(storage), steps=400, n_train=256))
