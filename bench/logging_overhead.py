@@ -20,9 +20,10 @@ Configs: pNR=10 (logging every 10 steps) and pNR=1 (every step: the worst case).
 rotate the order of off / server / sqlite so machine noise hits all alike; medians compared.
 
 Printed per back end: steps/s and the wall-time ratio on/off (the target, >= 0.97); the time
-the training thread spent blocked in the flush at each evaluation and in close(); and the
-ratio of this process's CPU time off/on (all threads, so the tracker's sender is counted),
-which other processes competing for the cores barely disturb, unlike the wall time. With the
+the training thread spent blocked in the flush at each evaluation and in close(); the ratio of
+this process's CPU time off/on (all threads, so the tracker's sender is counted); and the CPU
+time of the tracker's sender thread alone (``TrialTracker.sender_cpu_s``), which a shared
+host's noise disturbs least: wall times of identical runs differ by ±20% here. With the
 server, its own CPU time is shown too (here it shares the machine; a cluster server would not).
 
     .venv/bin/python bench/logging_overhead.py [--rounds 5] [--steps 1920] [--steps-pnr1 960] [--flush-each-evaluation]
@@ -109,6 +110,7 @@ class Bench:
         self.problems: list[str] = []
         self.server_cpus: dict[int, list[float]] = {}
         self.flush_waits: dict[tuple[str, int], list[float]] = {}
+        self.sender_cpus: dict[tuple[str, int], list[float]] = {}
         self.server_pid: int | None = None
 
     def experiment(self, mode: str) -> str:
@@ -148,6 +150,7 @@ class Bench:
         t1, c1 = time.perf_counter(), time.process_time()
         self.close_times.setdefault((mode, pnr), []).append(t1 - t_close)
         self.flush_waits.setdefault((mode, pnr), []).append(bridge.flush_wait)
+        self.sender_cpus.setdefault((mode, pnr), []).append(tracker.sender_cpu_s or 0.0)
         if mode == "server":
             self.server_cpus.setdefault(pnr, []).append(self.server_cpu() - s0)
         if not ok or tracker.errors:
@@ -237,6 +240,7 @@ def main() -> None:
         bench.close_times.clear()
         bench.server_cpus.clear()
         bench.flush_waits.clear()
+        bench.sender_cpus.clear()
 
         wall: dict[tuple[str, int], list[float]] = {}
         cpu: dict[tuple[str, int], list[float]] = {}
@@ -300,6 +304,12 @@ def main() -> None:
                 f"{paired:.3f})   target >= 0.97"
             )
             print(f"    ratio on/off, steps per CPU-second of this process: {c_off / c_on:.3f}")
+            sender = statistics.median(bench.sender_cpus[(mode, pnr)])
+            print(
+                f"    tracker's sender thread: {sender:.3f} CPU-s per run = "
+                f"{100 * sender / c_off:.1f}% of the off run's CPU -> ratio "
+                f"{c_off / (c_off + sender):.3f} (the steadiest of these)"
+            )
     print(
         f"\nload average: before {' '.join(f'{x:.2f}' for x in load_before)}, "
         f"after {' '.join(f'{x:.2f}' for x in load_after)} ({os.cpu_count()} CPUs)"

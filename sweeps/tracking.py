@@ -387,6 +387,8 @@ class TrialTracker:
         self._created_ms = int(time.time() * 1000)
         self._pending_file: Path | None = None
         self._client = None
+        # Embedded store: points go in through SqliteMetricWriter (False once it has failed).
+        self._sqlite: Any = None if self.tracking_uri.startswith("sqlite:") else False
 
         self._restore(state)
         pending = self.spool_dir / PENDING_FILE
@@ -399,6 +401,7 @@ class TrialTracker:
             except Exception as e:  # a torn file must not stop the trial
                 log.warning("ignoring unreadable %s: %s", pending, e)
 
+        self.sender_cpu_s: float | None = None  # CPU seconds of the sender, once it ended
         self._thread = threading.Thread(
             target=self._loop, name=f"compsweep-tracker-{trial_id}", daemon=True
         )
@@ -649,6 +652,13 @@ class TrialTracker:
     # ---------------------------------------------------------------- background thread
 
     def _loop(self) -> None:
+        try:
+            self._send_loop()
+        finally:
+            # What sending cost this process (the trainer's thread competes with it).
+            self.sender_cpu_s = time.thread_time()
+
+    def _send_loop(self) -> None:
         delay = 0.0  # first pass right away: find or create the run
         while True:
             self._wake.wait(delay)
@@ -858,11 +868,35 @@ class TrialTracker:
             )
             verify_rest_response(resp, endpoint)
             return
+        if self._sqlite is not False and self._write_sqlite(points):
+            return
         from mlflow.entities import Metric
 
         self._mlflow().log_batch(
             self._run_id, metrics=[Metric(k, v, ts, s) for k, v, ts, s in points], synchronous=True
         )
+
+    def _write_sqlite(self, points: list[Point]) -> bool:
+        """Points into the embedded store directly (see :mod:`sweeps.sqlite_metrics`); False
+        to let MLflow's own path handle them (an invalid point, a run not active)."""
+        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+
+        from sweeps.sqlite_metrics import SqliteMetricWriter
+
+        if self._sqlite is None:
+            self._sqlite = SqliteMetricWriter(self.tracking_uri)
+        if not self._sqlite.valid(points):
+            return False
+        try:
+            return self._sqlite.write(self._run_id, points)
+        except OperationalError:
+            raise  # locked or unreadable file: retried like an unreachable server
+        except SQLAlchemyError as e:  # a schema this writer does not know: MLflow's path
+            log.warning("trial %s: direct SQLite metric writes failed, using MLflow's "
+                        "store instead: %s", self.trial_id, str(e).splitlines()[0][:300])  # fmt: skip
+            self._sqlite.close()
+            self._sqlite = False
+            return False
 
     def _new_points(self, chunk: list[Point]) -> list[Point]:
         """The points of ``chunk`` whose (key, step) is not in the run yet (first one wins)."""
