@@ -40,7 +40,9 @@ class SqliteMetricWriter:
     def __init__(self, uri: str) -> None:
         import sqlalchemy as sa
         from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun
+        from mlflow.utils.validation import _validate_metric_name
 
+        self._validate_name = _validate_metric_name
         # Trials of one sweep share the file: wait for another one's write rather than fail.
         self._engine = sa.create_engine(uri, connect_args={"timeout": 30})
         self._metrics = SqlMetric.__table__
@@ -51,14 +53,13 @@ class SqliteMetricWriter:
     def valid(self, points: Sequence[Point]) -> bool:
         """Whether MLflow would accept every point (else the caller lets MLflow sort them)."""
         from mlflow.exceptions import MlflowException
-        from mlflow.utils.validation import _validate_metric_name
 
         for key, value, _, _ in points:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return False
             if key not in self._valid_keys:
                 try:
-                    _validate_metric_name(key)
+                    self._validate_name(key)
                 except MlflowException:
                     return False
                 self._valid_keys.add(key)

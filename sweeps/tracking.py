@@ -884,7 +884,14 @@ class TrialTracker:
         from sweeps.sqlite_metrics import SqliteMetricWriter
 
         if self._sqlite is None:
-            self._sqlite = SqliteMetricWriter(self.tracking_uri)
+            try:
+                self._sqlite = SqliteMetricWriter(self.tracking_uri)
+            except ImportError as e:  # an MLflow without these internals: its own path
+                log.warning(
+                    "trial %s: direct SQLite metric writes unavailable: %s", self.trial_id, e
+                )
+                self._sqlite = False
+                return False
         if not self._sqlite.valid(points):
             return False
         try:
