@@ -657,6 +657,8 @@ class TrialTracker:
         finally:
             # What sending cost this process (the trainer's thread competes with it).
             self.sender_cpu_s = time.thread_time()
+            if self._sqlite:  # the writer's connections: a reused process runs more trials
+                self._sqlite.close()
 
     def _send_loop(self) -> None:
         delay = 0.0  # first pass right away: find or create the run
