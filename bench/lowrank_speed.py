@@ -2,9 +2,11 @@
 
 1. Batched tiled SVD (one decomposition over all tiles of all layers) vs a Python loop over
    tiles, on the 64×576 lowered matrices of ResNet-32's 64-channel 3×3 convs (target ≥ 5×).
-   The loop is timed with ``torch.linalg.svd`` per tile (the obvious implementation) and with
-   the distortion's own per-tile algorithm (batching alone); a batched ``torch.linalg.svd``
-   shows what the Gram + ``eigh`` route adds.
+   The loop is timed with ``torch.linalg.svd`` per tile (the obvious implementation), once at
+   the process's thread setting and once with one intra-op thread (its best on a small CPU:
+   a multi-threaded LAPACK is slower on 16×16–64×64 matrices), and with the distortion's own
+   per-tile algorithm (batching alone); a batched ``torch.linalg.svd`` shows what the Gram +
+   ``eigh`` route adds.
 2. One distortion step on all of ResNet-32's target convs (tiled SVD; Tucker-2; plain SVD) vs
    one training step (forward + backward + SGD step) at batch 128 on CIFAR-shaped random data,
    printed as distortion_time / step_time (target ≤ 1).
@@ -70,6 +72,20 @@ def loop_same_algorithm(w: torch.Tensor, tile: int, rank: int) -> torch.Tensor:
     return out.reshape(w.shape)
 
 
+def one_thread(fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with one intra-op thread (the setting is restored afterwards)."""
+
+    def run() -> object:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
 def batched_svd(weights: list[torch.Tensor], tile: int, rank: int) -> torch.Tensor:
     """All tiles through ONE batched ``torch.linalg.svd`` (instead of the Gram + eigh)."""
     tiles = torch.cat([to_tiles(w.reshape(w.shape[0], -1), tile) for w in weights])
@@ -88,14 +104,13 @@ def bench_batched_vs_loop(model: nn.Module, repeats: int, device: torch.device) 
         f"(1) tiled SVD of the {len(weights)} ResNet-32 layers of 64×576 (lowered), 2× compression"
     )
     print(
-        "    loop svd: torch.linalg.svd per tile; loop same: the distortion's Gram+eigh per tile;"
+        "    loop svd: torch.linalg.svd per tile (1 thr: with one intra-op thread); loop same: the"
     )
+    print("    distortion's Gram+eigh per tile; batched svd: one torch.linalg.svd of all tiles;")
+    print("    TiledSVD.apply: one batched eigh of all tiles")
     print(
-        "    batched svd: one torch.linalg.svd of all tiles; TiledSVD.apply: one eigh of all tiles"
-    )
-    print(
-        f"    {'tile':>4} {'rank':>4} {'tiles':>5} {'loop svd':>9} {'loop same':>9} "
-        f"{'batched svd':>11} {'TiledSVD':>9}   {'speed-up vs loop svd / same / batched svd'}"
+        f"    {'tile':>4} {'rank':>4} {'tiles':>5} {'loop svd':>9} {'1 thr':>8} {'loop same':>9} "
+        f"{'batched svd':>11} {'TiledSVD':>9}   speed-up vs loop svd / 1 thr / same / batched svd"
     )
     for tile in (8, 16, 32, 64):
         rank = tile // 4  # k²/(2kr) = 2×
@@ -107,27 +122,27 @@ def bench_batched_vs_loop(model: nn.Module, repeats: int, device: torch.device) 
         torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-3)
         torch.testing.assert_close(loop_same_algorithm(weights[0], tile, rank), got)
         ours = lambda d=dist, nw=named: d.apply(nw, CTX)  # noqa: E731
-        t_loop, t_ours = time_pair(
-            lambda t=tile, r=rank: [tiled_svd_approx_loop(w, t, r) for w in weights],
-            ours,
-            repeats,
-            device,
-        )
-        t_same, t_ours2 = time_pair(
-            lambda t=tile, r=rank: [loop_same_algorithm(w, t, r) for w in weights],
-            ours,
-            repeats,
-            device,
-        )
-        t_bsvd, t_ours3 = time_pair(
-            lambda t=tile, r=rank: batched_svd(weights, t, r), ours, repeats, device
-        )
-        t_ours = statistics.median([t_ours, t_ours2, t_ours3])
+        loop = lambda t=tile, r=rank: [tiled_svd_approx_loop(w, t, r) for w in weights]  # noqa: E731
+        times: dict[str, float] = {}
+        mine: list[float] = []
+        for key, other in (
+            ("loop", loop),
+            ("loop1", one_thread(loop)),
+            ("same", lambda t=tile, r=rank: [loop_same_algorithm(w, t, r) for w in weights]),
+            ("bsvd", lambda t=tile, r=rank: batched_svd(weights, t, r)),
+        ):
+            times[key], t_ours = time_pair(other, ours, repeats, device)
+            mine.append(t_ours)
+        t_ours = statistics.median(mine)
         tiles = len(weights) * (64 // tile) * (576 // tile)
+        ms = " ".join(
+            f"{1e3 * times[k]:>{w}.1f}ms" for k, w in (("loop", 7), ("loop1", 6), ("same", 7))
+        )
         print(
-            f"    {tile:>4} {rank:>4} {tiles:>5} {1e3 * t_loop:>7.1f}ms {1e3 * t_same:>7.1f}ms "
-            f"{1e3 * t_bsvd:>9.1f}ms {1e3 * t_ours:>7.1f}ms   "
-            f"{t_loop / t_ours:>6.1f}× / {t_same / t_ours:>5.1f}× / {t_bsvd / t_ours:>4.1f}×"
+            f"    {tile:>4} {rank:>4} {tiles:>5} {ms} {1e3 * times['bsvd']:>9.1f}ms "
+            f"{1e3 * t_ours:>7.1f}ms   {times['loop'] / t_ours:>6.1f}× / "
+            f"{times['loop1'] / t_ours:>4.1f}× / {times['same'] / t_ours:>4.1f}× / "
+            f"{times['bsvd'] / t_ours:>4.1f}×"
         )
 
 
