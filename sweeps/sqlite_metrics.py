@@ -2,9 +2,9 @@
 
 MLflow's ``SqlAlchemyStore.log_batch`` builds one ORM object per point (~0.18 ms each here, in
 the trial's own process, holding the GIL); a trial at pNR 1 logs six points per optimizer step,
-which cost it ~13% of its training. :class:`SqliteMetricWriter` writes the same rows with one
-SQL INSERT per batch, through MLflow's own table definitions (the schema is the installed
-MLflow's), and keeps MLflow's semantics:
+which cost it ~13% of its training. :class:`SqliteMetricWriter` writes the same rows into
+MLflow's tables with one ``executemany`` per batch (it checks at start that the tables have the
+columns it writes) and keeps MLflow's semantics:
 
 * values validated as MLflow validates them; NaN and ±inf stored as MLflow stores them;
 * an exact duplicate of a stored point is ignored (the table's primary key);
@@ -16,8 +16,8 @@ MLflow's), and keeps MLflow's semantics:
 from __future__ import annotations
 
 import math
+import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 # (key, value, timestamp in ms, step), as buffered by sweeps.tracking.TrialTracker.
 Point = tuple[str, float, int, int]
@@ -34,20 +34,46 @@ def sanitized(value: float) -> tuple[bool, float]:
     return False, float(value)
 
 
+class UnsupportedStore(Exception):
+    """The database is not one this writer knows how to write (the caller uses MLflow)."""
+
+
+# The columns written; the writer checks at start that the database has them.
+_COLUMNS = {
+    "metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
+    "latest_metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
+    "runs": ("run_uuid", "lifecycle_stage"),
+}
+
+
 class SqliteMetricWriter:
-    """Batched metric inserts into the MLflow SQLite database at ``uri``."""
+    """Batched metric inserts into the MLflow SQLite database at ``uri``.
+
+    Plain ``sqlite3`` with ``executemany``: the module releases the GIL while SQLite updates
+    its B-trees (most of the ~8 us a point costs here), so the training thread keeps running.
+    Use it from one thread.
+    """
 
     def __init__(self, uri: str) -> None:
-        import sqlalchemy as sa
-        from mlflow.store.tracking.dbmodels.models import SqlLatestMetric, SqlMetric, SqlRun
         from mlflow.utils.validation import _validate_metric_name
 
+        from sweeps.tracking import _sqlite_path
+
+        path = _sqlite_path(uri)
+        if path is None or not path.is_file():
+            raise UnsupportedStore(f"not an SQLite database file: {uri}")
         self._validate_name = _validate_metric_name
         # Trials of one sweep share the file: wait for another one's write rather than fail.
-        self._engine = sa.create_engine(uri, connect_args={"timeout": 30})
-        self._metrics = SqlMetric.__table__
-        self._latest = SqlLatestMetric.__table__
-        self._runs = SqlRun.__table__
+        # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE below).
+        self._con = sqlite3.connect(path, timeout=30, isolation_level=None)
+        try:
+            for table, needed in _COLUMNS.items():
+                have = {row[1] for row in self._con.execute(f"PRAGMA table_info({table})")}
+                if missing := [c for c in needed if c not in have]:
+                    raise UnsupportedStore(f"table {table!r} lacks columns {missing}")
+        except BaseException:
+            self._con.close()
+            raise
         self._valid_keys: set[str] = set()
 
     def valid(self, points: Sequence[Point]) -> bool:
@@ -67,48 +93,70 @@ class SqliteMetricWriter:
 
     def write(self, run_id: str, points: Sequence[Point]) -> bool:
         """Insert ``points`` into run ``run_id`` in one transaction; False if the run is not
-        active (nothing written)."""
-        import sqlalchemy as sa
-
-        rows: list[dict[str, Any]] = []
-        latest: dict[str, dict[str, Any]] = {}
+        active (nothing written). ``sqlite3.OperationalError``: the file is locked or
+        unreadable (retry later); other ``sqlite3.Error``: a schema this writer does not know."""
+        rows: list[tuple] = []
+        latest: dict[str, tuple] = {}  # key -> (step, timestamp, value, is_nan)
         for key, value, ts, step in points:
-            is_nan, stored = sanitized(value)
-            row = {"key": key, "value": stored, "timestamp": int(ts), "step": int(step),
-                   "is_nan": is_nan, "run_uuid": run_id}  # fmt: skip
-            rows.append(row)
+            is_nan, val = sanitized(value)
+            row = (int(step), int(ts), val, int(is_nan))
+            rows.append((key, val, row[1], row[0], row[3], run_id))
             if key not in latest or _order(row) > _order(latest[key]):
                 latest[key] = row
-        runs, lm = self._runs, self._latest
-        with self._engine.begin() as conn:
-            stage = conn.execute(
-                sa.select(runs.c.lifecycle_stage).where(runs.c.run_uuid == run_id)
-            ).scalar()
-            if stage != "active":
+        con = self._con
+        # IMMEDIATE: take the write lock now, so two trials never both hold a read lock and
+        # wait for each other's upgrade.
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            stage = con.execute(
+                "SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (run_id,)
+            ).fetchone()
+            if stage is None or stage[0] != "active":
+                con.execute("ROLLBACK")
                 return False
-            conn.execute(sa.insert(self._metrics).prefix_with("OR IGNORE"), rows)
-            where = (lm.c.run_uuid == run_id) & lm.c.key.in_(list(latest))
-            stored = {r.key: r._asdict() for r in conn.execute(sa.select(lm).where(where))}
-            for key, row in latest.items():
-                if key not in stored:
-                    conn.execute(sa.insert(lm), row)
-                elif _order(row) > _order(stored[key]):
-                    conn.execute(
-                        sa.update(lm)
-                        .where((lm.c.run_uuid == run_id) & (lm.c.key == key))
-                        .values(
-                            value=row["value"],
-                            timestamp=row["timestamp"],
-                            step=row["step"],
-                            is_nan=row["is_nan"],
-                        )  # fmt: skip
-                    )
+            con.executemany(
+                "INSERT OR IGNORE INTO metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+            marks = ", ".join("?" * len(latest))
+            stored = {
+                r[0]: tuple(r[1:])
+                for r in con.execute(
+                    "SELECT key, step, timestamp, value, is_nan FROM latest_metrics "
+                    f"WHERE run_uuid = ? AND key IN ({marks})",
+                    (run_id, *latest),
+                )
+            }
+            new = [
+                (k, r[2], r[1], r[0], r[3], run_id) for k, r in latest.items() if k not in stored
+            ]
+            newer = [
+                (r[2], r[1], r[0], r[3], run_id, k)
+                for k, r in latest.items()
+                if k in stored and _order(r) > _order(stored[k])
+            ]
+            con.executemany(
+                "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                new,
+            )
+            con.executemany(
+                "UPDATE latest_metrics SET value = ?, timestamp = ?, step = ?, is_nan = ? "
+                "WHERE run_uuid = ? AND key = ?",
+                newer,
+            )
+            con.execute("COMMIT")
+        except BaseException:
+            if con.in_transaction:
+                con.execute("ROLLBACK")
+            raise
         return True
 
     def close(self) -> None:
-        self._engine.dispose()
+        self._con.close()
 
 
-def _order(row: dict[str, Any]) -> tuple[int, int, float]:
-    # MLflow's rule for which point is the latest of a key.
-    return (row["step"], row["timestamp"], row["value"])
+def _order(row: tuple) -> tuple[int, int, float]:
+    # MLflow's rule for which point is the latest of a key: (step, timestamp, value).
+    return row[:3]

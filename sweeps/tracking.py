@@ -881,14 +881,16 @@ class TrialTracker:
     def _write_sqlite(self, points: list[Point]) -> bool:
         """Points into the embedded store directly (see :mod:`sweeps.sqlite_metrics`); False
         to let MLflow's own path handle them (an invalid point, a run not active)."""
-        from sqlalchemy.exc import OperationalError, SQLAlchemyError
+        import sqlite3
 
-        from sweeps.sqlite_metrics import SqliteMetricWriter
+        from sweeps.sqlite_metrics import SqliteMetricWriter, UnsupportedStore
 
         if self._sqlite is None:
             try:
                 self._sqlite = SqliteMetricWriter(self.tracking_uri)
-            except ImportError as e:  # an MLflow without these internals: its own path
+            except (ImportError, UnsupportedStore, sqlite3.DatabaseError) as e:
+                # An MLflow without the name check used, a schema without the expected
+                # columns, or a file SQLite cannot read: MLflow's own path (and its errors).
                 log.warning(
                     "trial %s: direct SQLite metric writes unavailable: %s", self.trial_id, e
                 )
@@ -898,9 +900,9 @@ class TrialTracker:
             return False
         try:
             return self._sqlite.write(self._run_id, points)
-        except OperationalError:
+        except sqlite3.OperationalError:
             raise  # locked or unreadable file: retried like an unreachable server
-        except SQLAlchemyError as e:  # a schema this writer does not know: MLflow's path
+        except sqlite3.Error as e:  # a schema this writer does not know: MLflow's path
             log.warning("trial %s: direct SQLite metric writes failed, using MLflow's "
                         "store instead: %s", self.trial_id, str(e).splitlines()[0][:300])  # fmt: skip
             self._sqlite.close()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from sweeps.sqlite_metrics import SqliteMetricWriter
+from sweeps.sqlite_metrics import SqliteMetricWriter, UnsupportedStore
 
 INF = float("inf")
 # (key, value, timestamp ms, step): out of order, non-finite, an int, a point logged twice,
@@ -75,3 +76,14 @@ def test_points_mlflow_would_refuse_are_left_to_mlflow(store):
     assert not writer.valid([("ok", "1.0", 0, 0)])
     assert not writer.valid([("no*stars", 1.0, 0, 0)])
     assert writer.valid([("fine/name-1.0 x", 1.0, 0, 0)])
+
+
+def test_a_database_without_mlflows_tables_is_refused(tmp_path):
+    db = tmp_path / "other.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE metrics (key TEXT, value REAL)")
+    con.close()
+    with pytest.raises(UnsupportedStore, match="metrics"):
+        SqliteMetricWriter(f"sqlite:///{db}")
+    with pytest.raises(UnsupportedStore, match="not an SQLite database file"):
+        SqliteMetricWriter(f"sqlite:///{tmp_path / 'missing.db'}")

@@ -386,8 +386,14 @@ def test_log_metrics_is_cheap(sweep):
     assert len(MlflowClient(sweep["uri"]).get_metric_history(t.run_id, "k5")) == n
 
 
-def test_embedded_sqlite_store(tmp_path):
-    """The default local mode: no server, the trial writes the SQLite file itself."""
+@pytest.mark.parametrize("writer", ["direct", "mlflow"])
+def test_embedded_sqlite_store(tmp_path, monkeypatch, writer):
+    """The default local mode: no server, the trial writes the SQLite file itself (directly,
+    or through MLflow when the database lacks a column the direct writer expects)."""
+    if writer == "mlflow":
+        import sweeps.sqlite_metrics as sm
+
+        monkeypatch.setitem(sm._COLUMNS, "metrics", (*sm._COLUMNS["metrics"], "no_such_column"))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert check_tracking_uri(uri) is None
     exp_id = ensure_experiment(uri, "local")
@@ -414,6 +420,7 @@ def test_embedded_sqlite_store(tmp_path):
     client = MlflowClient(uri)
     loss = history(client, t.run_id, "loss")
     assert sorted(loss) == list(range(30)) and loss[19] == 19.0 and loss[20] == -1.0
+    assert (t._sqlite is False) == (writer == "mlflow")  # which path the points took
     assert [r.info.run_id for r in find_trial_runs(uri, exp_id, "sw")] == [t.run_id]
     # Artifacts live beside the database, not in the cwd of whoever created the experiment.
     assert client.get_experiment(exp_id).artifact_location.startswith(
