@@ -19,6 +19,10 @@ warm-up and excluded; they are printed for information.
 Configs: pNR=10 (logging every 10 steps) and pNR=1 (every step: the worst case). Rounds
 rotate the order of off / server / sqlite so machine noise hits all alike; medians compared.
 
+Then a lockstep comparison (:meth:`Bench.lockstep`), steadier than whole runs: two identical
+trainers, one logging and one not, advance in alternating chunks of a few hundred ms, and the
+paired per-chunk ratios are compared (wall, and CPU time of the training and sender threads).
+
 Printed per back end: steps/s and the wall-time ratio on/off (the target, >= 0.97); the time
 the training thread spent blocked in the flush at each evaluation and in close(); the ratio of
 this process's CPU time off/on (all threads, so the tracker's sender is counted); and the CPU
@@ -27,6 +31,7 @@ host's noise disturbs least: wall times of identical runs differ by ±20% here. 
 server, its own CPU time is shown too (here it shares the machine; a cluster server would not).
 
     .venv/bin/python bench/logging_overhead.py [--rounds 5] [--steps 1920] [--steps-pnr1 960] [--flush-each-evaluation]
+    .venv/bin/python bench/logging_overhead.py --rounds 0 --lockstep-rounds 3   # lockstep only
 """
 
 from __future__ import annotations
@@ -72,6 +77,18 @@ class TrackerBridge(Callback):
             t0 = time.perf_counter()
             self.tracker.flush(timeout=10.0)
             self.flush_wait += time.perf_counter() - t0
+
+
+class PauseEvery(Callback):
+    """Hands control back every ``events`` distortion events (``fit`` resumes where it stopped)."""
+
+    def __init__(self, events: int) -> None:
+        self.events, self.seen = events, 0
+
+    def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.seen += 1
+        if self.seen % self.events == 0:
+            trainer.request_stop()
 
 
 def make_config(args: argparse.Namespace, pnr: int, steps: int, seed: int):
@@ -159,6 +176,57 @@ class Bench:
             self.runs[mode].append(tracker.run_id)
         return t1 - t0, c1 - c0
 
+    def lockstep(self, mode: str, pnr: int, steps: int, tag: str) -> list[tuple[float, float]]:
+        """Paired per-chunk ratios off/on, (wall, CPU), of two identical trainers alternating.
+
+        Chunks of ``--chunk-events`` distortion events. After each "on" chunk the tracker is
+        flushed, untimed, so its sending never overlaps an "off" chunk; the CPU time its sender
+        thread used during that flush is added to the "on" chunk, as if the sender had taken
+        it from the trainer (on a busy machine it does). The server's own work and the wait
+        for its answer are not counted: in a sweep nobody waits for them.
+
+        wall: the chunk's wall time (+ the sender's CPU in the flush). CPU: the training
+        thread's CPU time + the sender thread's over the chunk and its flush: the whole cost
+        when every core is busy (a sweep at full concurrency), and blind to a shared host's
+        other tenants, which only stretch wall time. The first pair (the run's creation,
+        first kernels) is left out."""
+        cfg = make_config(self.args, pnr, steps, seed=0)
+        k = max(1, self.args.chunk_events if pnr > 1 else self.args.chunk_events * 4)
+        off = Trainer(cfg, callbacks=[PauseEvery(k)], data=self.data)
+        tracker = TrialTracker(
+            tracking_uri=self.uris[mode],
+            experiment_id=self.experiment(mode),
+            sweep_id=self.sweep_id,
+            trial_id=f"lockstep-{mode}-pnr{pnr}-{tag}",
+            spool_dir=self.root / "spool" / f"lockstep-{mode}-pnr{pnr}-{tag}",
+        )
+        tracker.log_params(flatten_params(cfg.to_dict()))
+        on = Trainer(cfg, callbacks=[TrackerBridge(tracker, False), PauseEvery(k)], data=self.data)
+        sender_clock = time.pthread_getcpuclockid(tracker._thread.ident)
+        ratios = []
+        while not off.done:
+            wall, cpu = {}, {}
+            for side in ("off", "on") if len(ratios) % 2 == 0 else ("on", "off"):
+                s0, t0, c0 = (
+                    time.clock_gettime(sender_clock),
+                    time.perf_counter(),
+                    time.thread_time(),
+                )
+                (off if side == "off" else on).fit()
+                wall[side], cpu[side] = time.perf_counter() - t0, time.thread_time() - c0
+                if side == "on":
+                    s1 = time.clock_gettime(sender_clock)
+                    tracker.flush(timeout=60)
+                    s2 = time.clock_gettime(sender_clock)
+                    wall[side] += s2 - s1
+                    cpu[side] += s2 - s0
+            ratios.append((wall["off"] / wall["on"], cpu["off"] / cpu["on"]))
+        assert on.step == off.step == steps
+        tracker.log_metrics(on.final_metrics(), step=on.step)
+        if not tracker.close("FINISHED", timeout=600) or tracker.errors:
+            self.problems.append(f"lockstep {mode} pNR={pnr} {tag}: errors={tracker.errors}")
+        return ratios[1:]
+
     def server_cpu(self) -> float:
         """CPU seconds used so far by the mlflow server process and its uvicorn child."""
         try:
@@ -214,6 +282,15 @@ def main() -> None:
     ap.add_argument("--n-train", type=int, default=4096)
     ap.add_argument("--eval-every", type=float, default=1.0, help="epochs between evaluations")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (a trial: its cpus)")
+    ap.add_argument(
+        "--lockstep-rounds", type=int, default=3, help="rounds of the lockstep comparison"
+    )
+    ap.add_argument(
+        "--chunk-events",
+        type=int,
+        default=10,
+        help="distortion events per lockstep chunk at pNR 10 (x4 at pNR 1)",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = ap.parse_args()
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
@@ -251,6 +328,13 @@ def main() -> None:
                     w, c = bench.run(mode, pnr, steps, f"r{r}")
                     wall.setdefault((mode, pnr), []).append(w)
                     cpu.setdefault((mode, pnr), []).append(c)
+        lock: dict[tuple[str, int], list[tuple[float, float]]] = {}
+        for r in range(args.lockstep_rounds):
+            for pnr, steps in configs:
+                for mode in ("server", "sqlite") if r % 2 == 0 else ("sqlite", "server"):
+                    lock.setdefault((mode, pnr), []).extend(
+                        bench.lockstep(mode, pnr, steps, f"r{r}")
+                    )
         load_after = os.getloadavg()
         problems = bench.problems + bench.check_runs()
     finally:
@@ -272,7 +356,7 @@ def main() -> None:
         f"mlflow import / store / experiment): off {warm['off']:.2f}s, server {warm['server']:.2f}s, "
         f"sqlite {warm['sqlite']:.2f}s"
     )
-    for pnr, steps in configs:
+    for pnr, steps in configs if args.rounds else ():  # --rounds 0: lockstep only
         off, off_cpu = wall[("off", pnr)], cpu[("off", pnr)]
         m_off, c_off = statistics.median(off), statistics.median(off_cpu)
         print(f"\npNR={pnr}: {steps} steps, {steps // pnr} distortion events x 6 metrics")
@@ -309,6 +393,23 @@ def main() -> None:
                 f"    tracker's sender thread: {sender:.3f} CPU-s per run = "
                 f"{100 * sender / c_off:.1f}% of the off run's CPU -> ratio "
                 f"{c_off / (c_off + sender):.3f} (the steadiest of these)"
+            )
+    if lock:
+        print(
+            f"\nlockstep: two identical trainers, off and on, alternating chunks of "
+            f"{args.chunk_events} events at pNR 10 and {4 * args.chunk_events} at pNR 1; each "
+            f"on chunk charged with its sender thread's CPU time in an untimed flush after it; "
+            f"{args.lockstep_rounds} rounds"
+        )
+        for (mode, pnr), ratios in sorted(lock.items(), key=lambda kv: (-kv[0][1], kv[0][0])):
+            text = []
+            for i, what in enumerate(("wall", "CPU")):
+                values = [r[i] for r in ratios]
+                q = statistics.quantiles(values, n=4)
+                text.append(f"{what} {statistics.median(values):.3f} ({q[0]:.3f}..{q[2]:.3f})")
+            print(
+                f"  pNR={pnr:<3} {LABELS[mode]:<20}: median paired chunk ratio off/on, "
+                f"{', '.join(text)}, {len(ratios)} chunks   target >= 0.97"
             )
     print(
         f"\nload average: before {' '.join(f'{x:.2f}' for x in load_before)}, "
