@@ -16,6 +16,7 @@ columns it writes) and keeps MLflow's semantics:
 from __future__ import annotations
 
 import math
+import os
 import sqlite3
 from collections.abc import Sequence
 
@@ -47,21 +48,18 @@ _COLUMNS = {
 
 
 class SqliteMetricWriter:
-    """Batched metric inserts into the MLflow SQLite database at ``uri``.
+    """Batched metric inserts into the MLflow SQLite database file at ``path``.
 
     Plain ``sqlite3`` with ``executemany``: the module releases the GIL while SQLite updates
     its B-trees (most of the ~8 us a point costs here), so the training thread keeps running.
     Use it from one thread.
     """
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         from mlflow.utils.validation import _validate_metric_name
 
-        from sweeps.tracking import _sqlite_path
-
-        path = _sqlite_path(uri)
-        if path is None or not path.is_file():
-            raise UnsupportedStore(f"not an SQLite database file: {uri}")
+        if not os.path.isfile(path):
+            raise UnsupportedStore(f"not an SQLite database file: {path}")
         self._validate_name = _validate_metric_name
         # Trials of one sweep share the file: wait for another one's write rather than fail.
         # isolation_level=None: transactions are opened explicitly (BEGIN IMMEDIATE below).
@@ -95,13 +93,15 @@ class SqliteMetricWriter:
         """Insert ``points`` into run ``run_id`` in one transaction; False if the run is not
         active (nothing written). ``sqlite3.OperationalError``: the file is locked or
         unreadable (retry later); other ``sqlite3.Error``: a schema this writer does not know."""
+        # Rows in the column order of the statements below: (step, timestamp, value, is_nan,
+        # key, run_uuid); the first three are MLflow's order for the latest point of a key.
         rows: list[tuple] = []
-        latest: dict[str, tuple] = {}  # key -> (step, timestamp, value, is_nan)
+        latest: dict[str, tuple] = {}
         for key, value, ts, step in points:
             is_nan, val = sanitized(value)
-            row = (int(step), int(ts), val, int(is_nan))
-            rows.append((key, val, row[1], row[0], row[3], run_id))
-            if key not in latest or _order(row) > _order(latest[key]):
+            row = (int(step), int(ts), val, int(is_nan), key, run_id)
+            rows.append(row)
+            if key not in latest or row[:3] > latest[key][:3]:
                 latest[key] = row
         con = self._con
         # IMMEDIATE: take the write lock now, so two trials never both hold a read lock and
@@ -114,37 +114,25 @@ class SqliteMetricWriter:
             if stage is None or stage[0] != "active":
                 con.execute("ROLLBACK")
                 return False
-            con.executemany(
-                "INSERT OR IGNORE INTO metrics (key, value, timestamp, step, is_nan, run_uuid) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                rows,
-            )
+            columns = "(step, timestamp, value, is_nan, key, run_uuid) VALUES (?, ?, ?, ?, ?, ?)"
+            con.executemany(f"INSERT OR IGNORE INTO metrics {columns}", rows)
             marks = ", ".join("?" * len(latest))
             stored = {
-                r[0]: tuple(r[1:])
+                r[0]: r[1:]
                 for r in con.execute(
-                    "SELECT key, step, timestamp, value, is_nan FROM latest_metrics "
+                    "SELECT key, step, timestamp, value FROM latest_metrics "
                     f"WHERE run_uuid = ? AND key IN ({marks})",
                     (run_id, *latest),
                 )
             }
-            new = [
-                (k, r[2], r[1], r[0], r[3], run_id) for k, r in latest.items() if k not in stored
-            ]
-            newer = [
-                (r[2], r[1], r[0], r[3], run_id, k)
-                for k, r in latest.items()
-                if k in stored and _order(r) > _order(stored[k])
-            ]
             con.executemany(
-                "INSERT INTO latest_metrics (key, value, timestamp, step, is_nan, run_uuid) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                new,
+                f"INSERT INTO latest_metrics {columns}",
+                [r for k, r in latest.items() if k not in stored],
             )
             con.executemany(
-                "UPDATE latest_metrics SET value = ?, timestamp = ?, step = ?, is_nan = ? "
-                "WHERE run_uuid = ? AND key = ?",
-                newer,
+                "UPDATE latest_metrics SET step = ?, timestamp = ?, value = ?, is_nan = ? "
+                "WHERE key = ? AND run_uuid = ?",
+                [r for k, r in latest.items() if k in stored and r[:3] > stored[k]],
             )
             con.execute("COMMIT")
         except BaseException:
@@ -155,8 +143,3 @@ class SqliteMetricWriter:
 
     def close(self) -> None:
         self._con.close()
-
-
-def _order(row: tuple) -> tuple[int, int, float]:
-    # MLflow's rule for which point is the latest of a key: (step, timestamp, value).
-    return row[:3]

@@ -887,7 +887,11 @@ class TrialTracker:
 
         if self._sqlite is None:
             try:
-                self._sqlite = SqliteMetricWriter(self.tracking_uri)
+                self._sqlite = SqliteMetricWriter(
+                    _sqlite_path(self.tracking_uri) or self.tracking_uri
+                )
+            except sqlite3.OperationalError:
+                raise  # locked or unreadable file: retried like an unreachable server
             except (ImportError, UnsupportedStore, sqlite3.DatabaseError) as e:
                 # An MLflow without the name check used, a schema without the expected
                 # columns, or a file SQLite cannot read: MLflow's own path (and its errors).

@@ -43,7 +43,7 @@ def store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = MlflowClient(uri)
     exp = client.create_experiment("direct")
-    writer = SqliteMetricWriter(uri)
+    writer = SqliteMetricWriter(tmp_path / "mlflow.db")
     yield uri, client, exp, writer
     writer.close()
 
@@ -84,6 +84,6 @@ def test_a_database_without_mlflows_tables_is_refused(tmp_path):
     con.execute("CREATE TABLE metrics (key TEXT, value REAL)")
     con.close()
     with pytest.raises(UnsupportedStore, match="metrics"):
-        SqliteMetricWriter(f"sqlite:///{db}")
+        SqliteMetricWriter(db)
     with pytest.raises(UnsupportedStore, match="not an SQLite database file"):
-        SqliteMetricWriter(f"sqlite:///{tmp_path / 'missing.db'}")
+        SqliteMetricWriter(tmp_path / "missing.db")
