@@ -34,6 +34,10 @@ ROLE_TAG = "compsweep.role"
 SWEEP_ID_TAG = "compsweep.sweep_id"
 TRIAL_ID_TAG = "compsweep.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+# How a trial (or sweep) ended, beyond MLflow's FINISHED / FAILED / KILLED: finished, failed,
+# diverged, stopped (early, by the scheduler) or killed (by the user); and why, in words.
+STATUS_TAG = "compsweep.status"
+STATUS_REASON_TAG = "compsweep.status_reason"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"  # the MLflow 3 UI then opens on runs and charts
 

@@ -1,0 +1,75 @@
+"""The one YAML reader of the project: numbers as people write them, errors as one line.
+
+PyYAML follows YAML 1.1, where ``1e-3``, ``1E5`` and ``1e5`` are *strings* (a float needs a dot
+and a signed exponent there). Every spec, config, ``--set`` value and knob read back from
+MLflow goes through :func:`loads` / :func:`load_file`, which also read those as floats
+(YAML 1.2's rule), so ``theta: {choices: [1e-3]}`` is a number everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["YamlError", "dumps", "load_file", "loads", "parse_scalar"]
+
+
+class YamlError(ValueError):
+    """A file or text that cannot be read as YAML; the message says where and why."""
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader plus YAML 1.2 floats without a dot or without an exponent sign."""
+
+
+_EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+.0123456789"))
+
+
+def loads(text: str, source: str = "YAML text") -> Any:
+    """Parse ``text``; raise :class:`YamlError` naming ``source``, line and column."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise YamlError(f"{source}: not valid YAML{where}: {problem}") from None
+
+
+def load_file(path: str | Path) -> Any:
+    """Read and parse a YAML file: a missing file, a folder, unreadable or non-UTF-8 bytes and
+    invalid YAML each raise :class:`YamlError` with a one-line message."""
+    p = Path(path)
+    if not p.exists():
+        raise YamlError(f"{p}: no such file")
+    if p.is_dir():
+        raise YamlError(f"{p}: is a folder, not a YAML file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise YamlError(f"{p}: cannot be read ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise YamlError(
+            f"{p}: not UTF-8 text (byte {e.start} is 0x{raw[e.start]:02x}); save it as UTF-8"
+        ) from None
+    return loads(text, str(p))
+
+
+def parse_scalar(text: str) -> Any:
+    """A value written on a command line or stored as text: ``0.1`` -> 0.1, ``1e-05`` -> 1e-05,
+    ``37`` -> 37, ``true`` -> True, ``[1, 2]`` -> [1, 2]; text that is not YAML stays text."""
+    try:
+        return loads(text)
+    except YamlError:
+        return text
+
+
+def dumps(data: Any) -> str:
+    """YAML text of ``data`` in the order given (what :func:`loads` reads back as it was)."""
+    return yaml.safe_dump(data, sort_keys=False)
