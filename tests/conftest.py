@@ -15,7 +15,8 @@ def tiny_config():
             "data": {
                 "name": "synthetic",
                 "batch_size": 16,
-                "options": {"n_train": 128, "n_test": 64},
+                # 130 train + 14 validation samples: 8 batches of 16 per epoch
+                "options": {"n_train": 144, "n_test": 64},
             },
             "model": {"name": "small_cnn"},
             "optim": {"optimizer": "sgd", "lr": 0.05},

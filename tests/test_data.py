@@ -64,24 +64,91 @@ def _write_mnist_like(d: Path, n_train: int = 12, n_test: int = 5, gz: bool = Tr
 def test_digits_shapes_split_and_normalisation() -> None:
     splits = load_dataset("digits", batch_size=64, test_batch_size=100)
     assert splits.info == DataInfo(input_shape=(1, 8, 8), num_classes=10)
-    train, test = splits.train, splits.test
-    assert isinstance(train, BatchSource) and isinstance(test, BatchSource)
-    assert train.num_samples == 1437 and test.num_samples == 360
-    assert len(train) == 1437 // 64  # drop_last
-    assert len(test) == 4  # 100, 100, 100, 60: last partial batch kept
-    assert train.x.mean().abs() < 1e-4 and (train.x.std() - 1).abs() < 1e-3
-    # Stratified: every class has 36 test samples (give or take one).
+    train, val, test = splits.train, splits.val, splits.test
+    assert all(isinstance(s, BatchSource) for s in (train, val, test))
+    # 1437 training images: 10% (144) held out for validation; the 360 test images untouched
+    assert (train.num_samples, val.num_samples, test.num_samples) == (1293, 144, 360)
+    assert len(train) == 1293 // 64  # drop_last
+    assert len(val) == 2 and len(test) == 4  # 100, 100, 100, 60: last partial batch kept
+    x_all = torch.cat([train.x, val.x])
+    assert x_all.mean().abs() < 1e-4 and (x_all.std() - 1).abs() < 1e-3
+    # Stratified: every class has 36 test and 14-15 validation samples (give or take one).
     counts = torch.bincount(test.y, minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37
+    val_counts = torch.bincount(val.y, minlength=10)
+    assert val_counts.min() >= 13 and val_counts.max() <= 16
     x, y = next(train.epoch(0, seed=0))
     assert x.shape == (64, 1, 8, 8) and x.dtype == torch.float32 and y.dtype == torch.long
 
 
 def test_digits_split_is_fixed_and_limits_apply() -> None:
-    a = load_dataset("digits", batch_size=10, limit_train=50, limit_test=20)
-    b = load_dataset("digits", batch_size=10)
+    a = load_dataset("digits", batch_size=10, limit_train=50, limit_test=20, val_fraction=0)
+    b = load_dataset("digits", batch_size=10, val_fraction=0)
+    assert a.val is None and b.val is None
     assert a.train.num_samples == 50 and a.test.num_samples == 20
     assert torch.equal(a.train.x, b.train.x[:50]) and torch.equal(a.test.y, b.test.y[:20])
+
+
+# --------------------------------------------------------------------------------------------
+# the validation hold-out
+
+
+def _rows(x: torch.Tensor) -> set[tuple[float, ...]]:
+    return {tuple(r) for r in x.flatten(1).tolist()}
+
+
+def test_holdout_is_fixed_stratified_disjoint_and_complete() -> None:
+    labels = torch.tensor([0] * 50 + [1] * 30 + [2] * 20)[torch.randperm(100)]
+    train, val = data.holdout(100, 0.1, labels)
+    assert len(val) == 10 and len(train) == 90
+    assert torch.equal(torch.sort(torch.cat([train, val])).values, torch.arange(100))
+    assert torch.bincount(labels[val], minlength=3).tolist() == [5, 3, 2]  # 10% of each class
+    again = data.holdout(100, 0.1, labels)
+    assert torch.equal(again[0], train) and torch.equal(again[1], val)
+    # rounding: 0.25 of 10 samples is 2.5 -> 3; shares by largest remainder: 7 a / 3 b -> 2 / 1
+    tr, va = data.holdout(10, 0.25, torch.tensor([0] * 7 + [1] * 3))
+    assert len(va) == 3 and torch.bincount(torch.tensor([0] * 7 + [1] * 3)[va]).tolist() == [2, 1]
+    with pytest.raises(ValueError, match="leaves none to train on"):
+        data.holdout(1, 0.5)
+
+
+def test_validation_split_sizes_disjointness_and_stratification() -> None:
+    full = load_dataset("synthetic", batch_size=16, n_train=300, n_test=50, val_fraction=0)
+    splits = load_dataset("synthetic", batch_size=16, n_train=300, n_test=50, val_fraction=0.2)
+    train, val = splits.train, splits.val
+    assert (train.num_samples, val.num_samples, splits.test.num_samples) == (240, 60, 50)
+    assert torch.equal(splits.test.x, full.test.x)  # the test set is never touched
+    # disjoint, and together exactly the training set (the inputs are distinct Gaussian draws)
+    assert not _rows(train.x) & _rows(val.x)
+    assert _rows(train.x) | _rows(val.x) == _rows(full.train.x)
+    # each class gives 20% of its samples (within one, from rounding)
+    per_class = torch.bincount(full.train.y, minlength=10).double() * 0.2
+    assert (torch.bincount(val.y, minlength=10) - per_class).abs().max() < 1
+
+
+def test_validation_split_does_not_depend_on_the_run_seed(tiny_config) -> None:
+    from trainers.loop import Trainer
+
+    a = Trainer(tiny_config(run={"seed": 0})).data
+    b = Trainer(tiny_config(run={"seed": 7})).data
+    assert (
+        a.val.num_samples == 14 and torch.equal(a.val.x, b.val.x) and torch.equal(a.val.y, b.val.y)
+    )
+    assert not _same(_batches(a.train, 0, 0), _batches(b.train, 0, 7))  # the seed still shuffles
+
+
+def test_limit_train_applies_before_the_split() -> None:
+    whole = load_dataset("digits", batch_size=10, val_fraction=0)
+    limited = load_dataset("digits", batch_size=10, limit_train=200, val_fraction=0.1)
+    assert limited.train.num_samples == 180 and limited.val.num_samples == 20
+    assert _rows(limited.train.x) | _rows(limited.val.x) == _rows(whole.train.x[:200])
+
+
+def test_val_fraction_zero_keeps_every_training_sample() -> None:
+    splits = load_dataset("synthetic", batch_size=16, val_fraction=0)
+    assert splits.val is None and splits.train.num_samples == 256
+    with pytest.raises(ValueError, match="val_fraction must be >= 0 and < 1"):
+        load_dataset("synthetic", batch_size=16, val_fraction=1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,6 +270,26 @@ def test_imagenet_folder_layout(tmp_path: Path) -> None:
     assert len(splits.train) == 1 and len(splits.test) == 2
     x, y = next(splits.test.epoch(0, 0))
     assert x.shape == (4, 3, 8, 8) and y.tolist() == [0, 0, 1, 1]
+    # 6 training images: one (round(0.6)) held out for validation, through the test transforms
+    assert len(splits.train.dataset) == 5 and len(splits.val.dataset) == 1
+    held = set(splits.val.dataset.indices)
+    assert not held & set(splits.train.dataset.indices)
+    xv, _ = next(splits.val.epoch(0, 0))
+    assert xv.shape == (1, 3, 8, 8)
+
+
+def test_imagenet_validation_is_stratified_on_folder_classes(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for split, per_class in (("train", 10), ("val", 1)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(per_class):
+                Image.new("RGB", (8, 8)).save(tmp_path / split / cls / f"{i}.png")
+    splits = load_dataset("imagenet", root=str(tmp_path), batch_size=2, image_size=8, workers=0,
+                          val_fraction=0.2)  # fmt: skip
+    held = splits.val.dataset
+    assert [held.dataset.targets[i] for i in held.indices] == [0, 0, 1, 1]  # 2 of each class
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,7 +313,8 @@ def test_synthetic_shapes_and_learnable() -> None:
 def test_synthetic_defaults() -> None:
     splits = load_dataset("synthetic", batch_size=16)
     assert splits.info.input_shape == (1, 8, 8) and splits.info.num_classes == 10
-    assert splits.train.num_samples == 256 and splits.test.num_samples == 64
+    assert splits.train.num_samples == 230 and splits.val.num_samples == 26  # 10% held out
+    assert splits.test.num_samples == 64
 
 
 def test_synthetic_text_shapes_and_targets() -> None:
@@ -240,6 +328,9 @@ def test_synthetic_text_shapes_and_targets() -> None:
     assert x.shape == (8, 12) and y.shape == (8, 12) and x.dtype == torch.long
     assert torch.equal(x[:, 1:], y[:, :-1])  # targets are the inputs shifted by one
     assert int(x.max()) < 20 and int(x.min()) >= 0
+    # whole sequences are held out (4 of 40), not tokens
+    assert splits.train.num_samples == 36 and splits.val.x.shape == (4, 12)
+    assert not _rows(splits.val.x) & _rows(splits.train.x)
 
 
 def test_ptb_from_text_files(tmp_path: Path) -> None:
@@ -255,8 +346,12 @@ def test_ptb_from_text_files(tmp_path: Path) -> None:
     assert torch.equal(train.x.flatten()[1:], train.y.flatten()[:-1])
     assert train.x[0].tolist() == [0, 1, 2, 3]  # vocab in order of first appearance
     assert splits.test.x[0].tolist() == [5, 1, 2, 3]  # "a" -> <unk>
-    valid = load_dataset("ptb", root=str(tmp_path), batch_size=2, seq_len=2, eval_split="valid")
-    assert valid.test.x.tolist() == [[0, 4]]
+    # validation is PTB's own ptb.valid.txt (the whole training text still trains)
+    short = load_dataset("ptb", root=str(tmp_path), batch_size=2, seq_len=2)
+    assert short.val.x.tolist() == [[0, 4]]
+    assert short.train.num_samples == (45 - 1) // 2
+    none = load_dataset("ptb", root=str(tmp_path), batch_size=2, seq_len=2, val_fraction=0)
+    assert none.val is None
 
 
 # --------------------------------------------------------------------------------------------
@@ -276,7 +371,9 @@ def test_read_idx_plain_and_gz(tmp_path: Path) -> None:
 
 def test_idx_reader_through_root(tmp_path: Path) -> None:
     arrays = _write_mnist_like(tmp_path)
-    splits = load_dataset("mnist", root=str(tmp_path), batch_size=4, test_batch_size=2)
+    splits = load_dataset(
+        "mnist", root=str(tmp_path), batch_size=4, test_batch_size=2, val_fraction=0
+    )
     assert splits.info == DataInfo(input_shape=(1, 28, 28), num_classes=10)
     assert splits.train.num_samples == 12 and splits.test.num_samples == 5
     raw = torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.float32))
@@ -285,22 +382,24 @@ def test_idx_reader_through_root(tmp_path: Path) -> None:
     assert splits.test.y.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
     # The same files serve as Fashion-MNIST when given as root (root wins over Debian's copy).
     fashion = load_dataset("fashion_mnist", root=str(tmp_path), batch_size=4)
-    assert fashion.train.num_samples == 12
+    assert fashion.train.num_samples == 11 and fashion.val.num_samples == 1  # round(1.2)
     expected = (raw / 255.0 - 0.2860) / 0.3530
-    assert torch.allclose(fashion.train.x[:, 0], expected)
+    assert torch.allclose(torch.cat([fashion.train.x, fashion.val.x])[:, 0].sum(0), expected.sum(0))
 
 
 def test_idx_reader_torchvision_layout_uncompressed(tmp_path: Path) -> None:
     _write_mnist_like(tmp_path / "MNIST" / "raw", gz=False)
     splits = load_dataset("mnist", root=str(tmp_path), batch_size=4, limit_train=8, limit_test=3)
-    assert splits.train.num_samples == 8 and splits.test.num_samples == 3
+    assert splits.train.num_samples + splits.val.num_samples == 8
+    assert splits.test.num_samples == 3
 
 
 def test_fashion_mnist_system_copy() -> None:
     splits = load_dataset("fashion_mnist", batch_size=20, limit_train=100, limit_test=50)
     assert splits.info == DataInfo(input_shape=(1, 28, 28), num_classes=10)
-    assert splits.train.num_samples == 100 and splits.test.num_samples == 50
-    assert len(splits.train) == 5
+    assert splits.train.num_samples == 90 and splits.val.num_samples == 10
+    assert splits.test.num_samples == 50
+    assert len(splits.train) == 4
     x = splits.train.x
     assert x.min() == pytest.approx(-0.2860 / 0.3530, abs=1e-5)  # black pixels
     assert abs(float(x.mean())) < 0.3 and abs(float(x.std()) - 1) < 0.3

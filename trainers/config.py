@@ -35,6 +35,7 @@ class DataConfig:
     download: bool = False
     limit_train: int | None = None
     limit_test: int | None = None
+    val_fraction: float = 0.1  # training samples held out for validation (fixed seed); 0: none
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -168,6 +169,10 @@ def check_train_config(cfg: TrainConfig) -> list[str]:
         )
     if cfg.data.batch_size < 1:
         p.append(f"data.batch_size: must be >= 1, got {cfg.data.batch_size}")
+    if not 0 <= cfg.data.val_fraction < 1:
+        p.append(
+            f"data.val_fraction: must be >= 0 and < 1 (0: no validation split), got {cfg.data.val_fraction}"
+        )
     if cfg.model.name not in MODELS:
         p.append(
             f"model.name: unknown model {cfg.model.name!r}; valid: {', '.join(sorted(MODELS))}"

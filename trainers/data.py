@@ -1,10 +1,21 @@
 """Datasets as reproducible batch sources.
 
-Every dataset is loaded through :func:`load_dataset` into a :class:`DataSplits`: a train and a
-test :class:`BatchSource` plus a :class:`DataInfo` describing one sample. A batch source yields
-the batches of an epoch in an order that depends only on ``(seed, epoch)`` and never touches
-torch's global RNG, so a run resumed at batch ``start`` of an epoch sees exactly the batches the
-uninterrupted run would have seen.
+Every dataset is loaded through :func:`load_dataset` into a :class:`DataSplits`: train,
+validation and test :class:`BatchSource` objects plus a :class:`DataInfo` describing one sample.
+A batch source yields the batches of an epoch in an order that depends only on
+``(seed, epoch)`` and never touches torch's global RNG, so a run resumed at batch ``start`` of
+an epoch sees exactly the batches the uninterrupted run would have seen.
+
+**Validation split.** Trials are compared, and sweeps select, on validation data; the test
+split only reports. The validation set is a hold-out of ``val_fraction`` of the training set
+(``round(val_fraction * n)`` samples, at least one), carved with a fixed seed
+(:data:`VAL_SPLIT_SEED`) that does not depend on the run's seed, so every trial of a sweep
+validates on the same samples. For classification the hold-out is stratified: each class gives
+its share (largest remainders settle the rounding). Language-model data (sequences) gets a
+random hold-out of whole sequences; Penn Treebank uses its own ``ptb.valid.txt`` instead (any
+``val_fraction > 0`` selects it). ``limit_train`` applies first: the hold-out is carved from
+the first ``limit_train`` training samples. ``val_fraction = 0`` gives no validation split
+(``DataSplits.val`` is None), e.g. to train a final model on train + validation.
 
 Small datasets live in memory as tensors (:class:`TensorBatches`); ImageNet streams through a
 ``DataLoader`` (:class:`LoaderBatches`).
@@ -14,6 +25,7 @@ from __future__ import annotations
 
 import gzip
 import inspect
+import math
 import os
 import struct
 from collections.abc import Callable, Iterator
@@ -35,6 +47,7 @@ __all__ = [
     "TensorBatches",
     "dataset_options",
     "epoch_generator",
+    "holdout",
     "mix_seed",
     "random_crop_flip",
     "load_dataset",
@@ -56,6 +69,9 @@ _CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
+# The validation hold-out's seed: fixed, so that it never depends on a run's seed.
+VAL_SPLIT_SEED = 20_240_917
+DEFAULT_VAL_FRACTION = 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,9 +110,10 @@ class BatchSource(Protocol):
 
 @dataclass
 class DataSplits:
-    """Train and test batch sources of one dataset."""
+    """Train, validation (None without a validation split) and test sources of one dataset."""
 
     train: BatchSource
+    val: BatchSource | None
     test: BatchSource
     info: DataInfo
 
@@ -316,6 +333,49 @@ def _idx_path(d: Path, stem: str) -> Path | None:
 
 
 # --------------------------------------------------------------------------------------------
+# The validation hold-out
+
+
+def holdout(n: int, fraction: float, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(train indices, validation indices)`` of a fixed hold-out of ``fraction`` of ``n``.
+
+    The hold-out has ``round(fraction * n)`` samples (at least one) and is drawn with
+    :data:`VAL_SPLIT_SEED`, never a run's seed. With ``labels`` (one class id per sample) it is
+    stratified: each class gives ``fraction`` of its samples, the rounding settled by the
+    largest remainders. Both index tensors are sorted, disjoint and cover ``range(n)``.
+
+    Raises:
+        ValueError: ``fraction`` outside (0, 1), or nothing left to train on.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1) for a hold-out, got {fraction}")
+    n_val = max(1, math.floor(fraction * n + 0.5))
+    if n_val >= n:
+        raise ValueError(
+            f"val_fraction {fraction} of {n} training samples leaves none to train on: "
+            "lower data.val_fraction or raise data.limit_train"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(VAL_SPLIT_SEED))
+    if labels is None:
+        val = perm[:n_val]
+    else:
+        labels = labels.cpu()
+        if labels.shape != (n,):
+            raise ValueError(f"labels must have shape ({n},), got {tuple(labels.shape)}")
+        classes, counts = labels.unique(return_counts=True)
+        quota = counts.double() * n_val / n  # sums to n_val exactly
+        take = quota.floor().long()
+        short = n_val - int(take.sum())
+        take[torch.argsort(quota - take, descending=True, stable=True)[:short]] += 1
+        in_perm = labels[perm]
+        # Each class's first `take` samples in one fixed permutation: stratified and seeded.
+        val = torch.cat([perm[in_perm == c][:k] for c, k in zip(classes, take, strict=True)])
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[val] = True
+    return (~is_val).nonzero().squeeze(1), is_val.nonzero().squeeze(1)
+
+
+# --------------------------------------------------------------------------------------------
 # Loaders
 
 
@@ -330,6 +390,7 @@ class _Config:
     limit_train: int | None
     limit_test: int | None
     device: str
+    val_fraction: float = DEFAULT_VAL_FRACTION
 
 
 def _limit(a: Any, n: int | None) -> Any:
@@ -344,10 +405,23 @@ def _tensor_splits(
     yte: Tensor,
     info: DataInfo,
     transform: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+    val: tuple[Tensor, Tensor] | None = None,
 ) -> DataSplits:
-    """Apply the limits, move to the device once, and wrap as train/test sources."""
+    """Apply the limits, carve the validation hold-out from the (limited) training set, move to
+    the device once, and wrap as train/validation/test sources.
+
+    ``val`` is a dataset's own validation set (PTB), used instead of a hold-out when
+    ``cfg.val_fraction > 0``.
+    """
     xtr, ytr = _limit(xtr, cfg.limit_train), _limit(ytr, cfg.limit_train)
     xte, yte = _limit(xte, cfg.limit_test), _limit(yte, cfg.limit_test)
+    xva = yva = None
+    if cfg.val_fraction > 0 and val is not None:
+        xva, yva = val
+    elif cfg.val_fraction > 0:
+        labels = ytr if info.task == "classification" else None
+        tr, va = holdout(len(xtr), cfg.val_fraction, labels)
+        xva, yva, xtr, ytr = xtr[va], ytr[va], xtr[tr], ytr[tr]
     dev = torch.device(cfg.device)
     train = TensorBatches(
         xtr.contiguous().to(dev),
@@ -357,8 +431,13 @@ def _tensor_splits(
         drop_last=True,
         transform=transform,
     )
+    valid = None
+    if xva is not None:
+        valid = TensorBatches(
+            xva.contiguous().to(dev), yva.contiguous().to(dev), cfg.test_batch_size
+        )
     test = TensorBatches(xte.contiguous().to(dev), yte.contiguous().to(dev), cfg.test_batch_size)
-    return DataSplits(train=train, test=test, info=info)
+    return DataSplits(train=train, val=valid, test=test, info=info)
 
 
 def _load_digits(cfg: _Config) -> DataSplits:
@@ -509,14 +588,28 @@ def _load_imagenet(cfg: _Config, image_size: int = 224, workers: int | None = No
     train_ds = torchvision.datasets.ImageFolder(str(dirs[0]), transform=train_tf)
     test_ds = torchvision.datasets.ImageFolder(str(dirs[1]), transform=test_tf)
     num_classes = len(train_ds.classes)
-    if cfg.limit_train is not None:
-        train_ds = Subset(train_ds, range(min(cfg.limit_train, len(train_ds))))
+    n = len(train_ds) if cfg.limit_train is None else min(cfg.limit_train, len(train_ds))
+    train_idx, val_ds = torch.arange(n), None
+    if cfg.val_fraction > 0:
+        # Stratified on the folder's class ids; the hold-out is evaluated without augmentation,
+        # so it reads the same training folder through the test transforms.
+        targets = torch.tensor(train_ds.targets[:n], dtype=torch.long)
+        train_idx, val_idx = holdout(n, cfg.val_fraction, targets)
+        val_ds = Subset(
+            torchvision.datasets.ImageFolder(str(dirs[0]), transform=test_tf), val_idx.tolist()
+        )
+    train_ds = Subset(train_ds, train_idx.tolist())
     if cfg.limit_test is not None:
         test_ds = Subset(test_ds, range(min(cfg.limit_test, len(test_ds))))
     nw = min(8, os.cpu_count() or 1) if workers is None else workers
+
+    def evaluation(ds: Any) -> LoaderBatches:
+        return LoaderBatches(ds, cfg.test_batch_size, False, False, nw, cfg.device)
+
     return DataSplits(
         train=LoaderBatches(train_ds, cfg.batch_size, True, True, nw, cfg.device),
-        test=LoaderBatches(test_ds, cfg.test_batch_size, False, False, nw, cfg.device),
+        val=evaluation(val_ds) if val_ds is not None else None,
+        test=evaluation(test_ds),
         info=DataInfo(input_shape=(3, image_size, image_size), num_classes=num_classes),
     )
 
@@ -571,17 +664,17 @@ def _read_words(path: Path) -> list[str]:
         return [w for line in f for w in [*line.split(), "<eos>"]]
 
 
-def _load_ptb(cfg: _Config, seq_len: int = 35, eval_split: str = "test") -> DataSplits:
+def _load_ptb(cfg: _Config, seq_len: int = 35) -> DataSplits:
     """Penn Treebank (word level) from ``ptb.{train,valid,test}.txt`` in ``root``.
 
     The vocabulary is built from the training text in order of first appearance; each split is
-    one token stream cut into non-overlapping ``seq_len`` windows, targets shifted by one.
-    ``eval_split`` picks which file becomes the test source (``"valid"`` for tuning).
+    one token stream cut into non-overlapping ``seq_len`` windows, targets shifted by one. The
+    validation split is PTB's own ``ptb.valid.txt`` (the standard one, so results compare with
+    the literature): any ``val_fraction > 0`` selects it, whatever its value; 0 leaves it out.
     """
-    if eval_split not in ("valid", "test"):
-        raise ValueError(f"ptb: eval_split must be 'valid' or 'test', got {eval_split!r}")
     root = Path(cfg.root) if cfg.root else None
-    files = {s: root / f"ptb.{s}.txt" for s in ("train", eval_split)} if root else {}
+    names = ("train", "valid", "test") if cfg.val_fraction > 0 else ("train", "test")
+    files = {s: root / f"ptb.{s}.txt" for s in names} if root else {}
     missing = [p for p in files.values() if not p.is_file()]
     if root is None or missing:
         raise FileNotFoundError(
@@ -607,14 +700,15 @@ def _load_ptb(cfg: _Config, seq_len: int = 35, eval_split: str = "test") -> Data
         return x, y
 
     xtr, ytr = windows(train_words)
-    xte, yte = windows(_read_words(files[eval_split]))
+    xte, yte = windows(_read_words(files["test"]))
+    val = windows(_read_words(files["valid"])) if "valid" in files else None
     info = DataInfo(
         input_shape=(seq_len,),
         num_classes=len(vocab),
         task="language_model",
         input_dtype=torch.long,
     )
-    return _tensor_splits(cfg, xtr, ytr, xte, yte, info)
+    return _tensor_splits(cfg, xtr, ytr, xte, yte, info, val=val)
 
 
 DATASETS: dict[str, Callable[..., DataSplits]] = {
@@ -650,9 +744,10 @@ def load_dataset(
     limit_train: int | None = None,
     limit_test: int | None = None,
     device: str = "cpu",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
     **options: Any,
 ) -> DataSplits:
-    """Load dataset ``name`` as train/test batch sources.
+    """Load dataset ``name`` as train/validation/test batch sources.
 
     Args:
         name: A key of :data:`DATASETS`.
@@ -663,6 +758,8 @@ def load_dataset(
         limit_train: Keep only the first N training samples.
         limit_test: Keep only the first N test samples.
         device: Where in-memory tensors are moved once at load.
+        val_fraction: Share of the (limited) training set held out for validation, with a
+            fixed seed, stratified by class (see the module docstring); 0 for none.
         **options: Dataset-specific options (see :func:`dataset_options`).
 
     Raises:
@@ -679,5 +776,9 @@ def load_dataset(
     for what, n in (("limit_train", limit_train), ("limit_test", limit_test)):
         if n is not None and n < 1:
             raise ValueError(f"{what} must be >= 1 or None, got {n}")
-    cfg = _Config(batch_size, test_batch_size, root, download, limit_train, limit_test, device)
+    if not 0 <= val_fraction < 1:
+        raise ValueError(f"val_fraction must be >= 0 and < 1, got {val_fraction}")
+    cfg = _Config(
+        batch_size, test_batch_size, root, download, limit_train, limit_test, device, val_fraction
+    )
     return DATASETS[name](cfg, **options)
