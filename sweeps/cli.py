@@ -22,7 +22,7 @@ def _parse_override(text: str) -> tuple[str, Any]:
 def cmd_train(args: argparse.Namespace) -> int:
     from trainers.callbacks import ConsoleProgress
     from trainers.config import ConfigError, load_train_config
-    from trainers.loop import Trainer
+    from trainers.loop import Trainer, TrainingDiverged
 
     overrides = dict(args.set or [])
     if args.epochs is not None:
@@ -49,7 +49,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"resumed from {ckpt} at step {trainer.step}/{trainer.total_steps}")
     if ckpt:
         trainer.callbacks.append(_checkpoint_each_evaluation(ckpt))
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if args.save:
         import torch
 

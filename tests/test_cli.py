@@ -35,7 +35,8 @@ def test_train_prints_progress_and_final_metrics(tmp_path, capsys):
     path.write_text(yaml.safe_dump(TINY))
     assert main(["train", str(path), "--set", "compression.pnr=8"]) == 0
     out = capsys.readouterr().out
-    assert "-> 2 distortion events" in out and "final: accuracy" in out
+    assert "-> 2 distortion events" in out and "final: val_accuracy" in out
+    assert "test_accuracy" in out and "val_acc_pre" in out
 
 
 def test_train_with_bad_config_lists_every_problem(tmp_path, capsys):

@@ -247,7 +247,7 @@ def test_trainer_runs_the_four_phases_and_reports_the_finetuned_model(tiny_confi
     final = t.fit()
     assert [p for p, _, _ in rec.phases] == ["decompose", "train", "compress", "finetune"]
     m = {p: metrics for p, metrics, _ in rec.phases}
-    assert {"accuracy", "params", "macs"} <= m["decompose"].keys()
+    assert {"val_accuracy", "test_accuracy", "params", "macs"} <= m["decompose"].keys()
     assert 0 < m["train"]["pruning_ratio"] < 1  # λ pushed some gates below the threshold
     details = {p: d for p, _, d in rec.phases}
     hist = details["train"]["histograms"]["conv2"]
@@ -255,7 +255,10 @@ def test_trainer_runs_the_four_phases_and_reports_the_finetuned_model(tiny_confi
     assert details["compress"]["layers"]["conv2"]["decomposed"]
     # the compressed model is plain (gates folded), and it is what accuracy/params measure
     assert not any(parametrize.is_parametrized(mod) for mod in t.model.modules())
-    assert final["accuracy"] == rec.evaluations[-1][1]["acc_post"] == m["finetune"]["accuracy"]
+    last = rec.evaluations[-1][1]
+    assert t.last_eval == last and last["val_accuracy"] == m["finetune"]["val_accuracy"]
+    assert final["finetune_val_accuracy"] == last["val_accuracy"]
+    assert final["finetune_test_accuracy"] == last["test_accuracy"]
     assert final["params"] == m["compress"]["params"] < final["params_dense"]
     assert final["macs"] < final["macs_dense"]
     assert final["compression_ratio"] == pytest.approx(final["params_dense"] / final["params"])
@@ -300,6 +303,7 @@ def test_starts_from_a_pretrained_checkpoint(tiny_config, tmp_path):
     t = Trainer(funnel_config(tiny_config, pretrained=str(path)), [rec])
     t.fit()
     # the full-rank decomposition computes the pretrained function
-    assert rec.phases[0][1]["accuracy"] == plain.evaluate()[0]
+    assert rec.phases[0][1]["val_accuracy"] == plain.evaluate("val")[0]
+    assert rec.phases[0][1]["test_accuracy"] == plain.evaluate("test")[0]
     with pytest.raises(FileNotFoundError, match="pretrained checkpoint .* not found"):
         Trainer(funnel_config(tiny_config, pretrained=str(tmp_path / "missing.pt")))

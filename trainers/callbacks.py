@@ -10,12 +10,14 @@ import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from trainers.metrics import format_metrics
+
 if TYPE_CHECKING:
     from trainers.loop import Trainer
 
 
 class Callback:
-    """Override the hooks you need. ``metrics`` use the DESIGN §3 names."""
+    """Override the hooks you need. ``metrics`` use the names of :mod:`trainers.metrics`."""
 
     def on_train_start(self, trainer: Trainer, info: dict[str, Any]) -> None:
         """Once, before the first step (also on resume)."""
@@ -24,7 +26,8 @@ class Callback:
         """After every distortion event: e_w, e_w_per_pnr, delta_w, loss_pre, loss_post, delta_loss_ratio."""
 
     def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        """After every evaluation: acc_pre, acc_post, train_loss, test_loss, epoch.
+        """After every evaluation: epoch, train_loss, val_acc_pre (at a distortion event),
+        val_accuracy and val_loss (with a validation split), test_accuracy, test_loss.
 
         The trainer's state is consistent here, so this is the place to checkpoint.
         """
@@ -33,12 +36,14 @@ class Callback:
         self, trainer: Trainer, phase: str, metrics: dict[str, float], details: dict[str, Any]
     ) -> None:
         """After each phase of a phase-structured method (``funnel``: "decompose", "train",
-        "compress", "finetune"): accuracy, params, macs and the method's own scalars (e.g.
+        "compress", "finetune"): val_accuracy (with a validation split), test_accuracy,
+        params, macs and the method's own scalars (e.g.
         pruning_ratio); ``details`` is a small JSON-able mapping (e.g. gate histograms per
         layer). The scalars also reach ``on_train_end`` as ``<phase>_<name>``."""
 
     def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """Once, with the final metrics (accuracy, compression_ratio, params, macs, ...)."""
+        """Once, with the final metrics (compression_ratio, params, macs, mean_e_w, ...); the
+        accuracies are the last evaluation's, ``trainer.last_eval``."""
 
 
 class ConsoleProgress(Callback):
@@ -74,11 +79,11 @@ class ConsoleProgress(Callback):
     def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         d = self._last_distortion
         extra = f"  e_w {d['e_w']:.2e}  dL/L {d['delta_loss_ratio']:+.3f}" if d else ""
-        pre = f"acc_pre {metrics['acc_pre']:.4f}  " if "acc_pre" in metrics else ""
+        shown = ("train_loss", "val_acc_pre", "val_accuracy", "test_accuracy")
         self._print(
             f"epoch {metrics['epoch']:6.2f}  step {step:>6}/{trainer.total_steps}  "
-            f"train_loss {metrics['train_loss']:.4f}  {pre}acc_post {metrics['acc_post']:.4f}"
-            f"{extra}  [{time.perf_counter() - self._t0:.1f}s]"
+            + format_metrics(metrics, shown, sep="  ")
+            + f"{extra}  [{time.perf_counter() - self._t0:.1f}s]"
         )
 
     def on_phase(
@@ -91,8 +96,9 @@ class ConsoleProgress(Callback):
         )
 
     def on_train_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        accuracies = format_metrics(trainer.last_eval, ("val_accuracy", "test_accuracy"), "  ")
         self._print(
-            "final: "
+            f"final: {accuracies}  "
             + "  ".join(
                 f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
             )

@@ -3,13 +3,21 @@
 Train normally; after every pNR optimizer steps replace each target weight ``w`` by ``h(w)``
 and keep training from there. The run is cut to ``⌊steps/pNR⌋·pNR`` steps so it ends on a
 distortion event: the final weights are exactly representable in compressed form, and the
-reported ``accuracy`` is measured right after that last distortion.
+run's result, its last ``val_accuracy``, is measured right after that last distortion.
+
+Evaluations report validation metrics (what sweeps select on) and test metrics (reported only;
+see :mod:`trainers.metrics`). Without a validation split (``data.val_fraction: 0``) only the
+test metrics appear.
 
 A phase-structured method (a :class:`~trainers.methods.MethodRecipe`, e.g. ``funnel``) instead
 restructures the model before the optimizer is built, adds its term to the loss during the
 regularized phase (``run.epochs`` / ``run.steps``), compresses the model at its end, and
-fine-tunes the result with a new optimizer (and a restarted schedule); ``accuracy`` is then the
-fine-tuned compressed model's.
+fine-tunes the result with a new optimizer (and a restarted schedule); the last evaluation is
+then the fine-tuned compressed model's.
+
+A run whose loss or weights become non-finite stops with :class:`TrainingDiverged`. The check
+rides on host syncs that happen anyway: the one of every distortion event, every evaluation
+and every phase end of a recipe.
 """
 
 from __future__ import annotations
@@ -35,6 +43,20 @@ from trainers.models import build_model
 from trainers.targets import compression_targets, module_of
 
 CHECKPOINT_VERSION = 1
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss or the weights became non-finite.
+
+    Attributes:
+        step: the optimizer step at which it was detected.
+        reason: what was non-finite, at which step, and what to change.
+    """
+
+    def __init__(self, step: int, reason: str) -> None:
+        self.step = step
+        self.reason = reason
+        super().__init__(f"training diverged: {reason}")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,6 +167,7 @@ class Trainer:
             limit_train=d.limit_train,
             limit_test=d.limit_test,
             device=str(self.device),
+            val_fraction=d.val_fraction,
             **d.options,
         )
         self.info = self.data.info
@@ -302,13 +325,13 @@ class Trainer:
                 elif self.distortion is not None and self.step % self.pnr == 0:
                     self._distortion_event()
                 elif self.distortion is None and (self.step >= self.next_eval or self.done):
-                    self._evaluation(acc_pre=None)
+                    self._evaluation(val_acc_pre=None)
                 if self.done or self._stop:
                     break
         if not self.done:
             return {}
         if self.method is not None and self.total_steps > self.phase_end:
-            self._phase("finetune", acc=self.last_eval.get("acc_post"))
+            self._phase("finetune", scores=_accuracies(self.last_eval))
         final = self.final_metrics()
         self._emit("on_train_end", final)
         return final
@@ -337,7 +360,9 @@ class Trainer:
             self.step, self.total_steps, self.event, self.num_events, self.seed, lr
         )
         evaluate = self.step >= self.next_eval or self.step == self.total_steps
-        acc_pre = self.evaluate()[0] if evaluate else None
+        val_acc_pre = None
+        if evaluate and self.data.val is not None:
+            val_acc_pre = self.evaluate("val")[0]
         loss_pre = self._probe_loss()
         with torch.no_grad():
             before = self._target_weights()
@@ -352,10 +377,11 @@ class Trainer:
                 n += diff.numel()
                 p.copy_(after[name])
         loss_post = self._probe_loss()
-        # One device sync for all six numbers.
-        e_w, delta_w, lpre, lpost = torch.stack(
-            [abs_sum / n, sq_sum / n, loss_pre, loss_post]
+        # One device sync for all six numbers and the divergence check.
+        e_w, delta_w, lpre, lpost, train_loss = torch.stack(
+            [abs_sum / n, sq_sum / n, loss_pre, loss_post, self._loss_sum]
         ).tolist()
+        self._check_event(train_loss, lpre, e_w, delta_w, lpost)
         metrics = {
             "e_w": e_w,
             "e_w_per_pnr": e_w / self.pnr,
@@ -368,17 +394,66 @@ class Trainer:
         self.event += 1
         self._emit("on_distortion", self.step, metrics)
         if evaluate:
-            self._evaluation(acc_pre)
+            self._evaluation(val_acc_pre)
+
+    def _check_event(
+        self, train_loss: float, loss_pre: float, e_w: float, delta_w: float, loss_post: float
+    ) -> None:
+        """Raise :class:`TrainingDiverged` if an event's numbers show a non-finite loss or
+        weights: first what training did, then what the distortion did."""
+        if math.isfinite(train_loss + loss_pre + e_w + delta_w + loss_post):
+            return
+        s = self.step
+        if not math.isfinite(train_loss):
+            mean = train_loss / max(self._loss_count, 1)
+            reason = f"non-finite training loss ({mean}) at step {s}; lower optim.lr"
+        elif not math.isfinite(loss_pre):
+            reason = (
+                f"non-finite loss ({loss_pre}) of the model before the distortion at step {s}: "
+                "its weights diverged; lower optim.lr"
+            )
+        else:
+            reason = (
+                f"the {self.cfg.compression.method} distortion at step {s} left non-finite "
+                f"weights or loss (e_w {e_w}, loss after {loss_post}); lower optim.lr or check "
+                "compression.params"
+            )
+        raise TrainingDiverged(s, reason)
+
+    def _check_finite(self) -> float:
+        """The mean training loss since the last evaluation, once it and every floating-point
+        weight and buffer of the model are known finite (one device sync); else raise
+        :class:`TrainingDiverged` naming the first non-finite one."""
+        state = [(k, t) for k, t in self.model.state_dict().items() if t.is_floating_point()]
+        mean = (self._loss_sum / max(self._loss_count, 1)).reshape(1).float()
+        finite = torch.stack([torch.isfinite(t).all() for _, t in state]).float()
+        train_loss, *flags = torch.cat([mean, finite]).tolist()
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(
+                self.step,
+                f"non-finite training loss ({train_loss}) at step {self.step}; lower optim.lr",
+            )
+        bad = [k for (k, _), ok in zip(state, flags, strict=True) if not ok]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise TrainingDiverged(
+                self.step,
+                f"non-finite weights or statistics ({bad[0]}{more}) at step {self.step}; "
+                "lower optim.lr",
+            )
+        return train_loss
 
     # ----------------------------------------------------------------- recipe phases
     def _phase(
-        self, name: str, report: PhaseReport | None = None, acc: float | None = None
+        self, name: str, report: PhaseReport | None = None, scores: dict[str, float] | None = None
     ) -> None:
-        """Measure and report a recipe's phase: accuracy, params, MACs, plus its own metrics."""
+        """Measure and report a recipe's phase: validation and test accuracy (``scores``, if
+        already measured), params, MACs, plus the recipe's own metrics."""
         assert self.method is not None
+        self._check_finite()
         report = self.method.report(self.model, name) if report is None else report
         metrics = {
-            "accuracy": self.evaluate()[0] if acc is None else acc,
+            **(_accuracies(self._scores()) if scores is None else scores),
             "params": float(count_params(self.model)),
             "macs": float(self._macs()),
             **report.metrics,
@@ -395,7 +470,7 @@ class Trainer:
         self._start_finetune()
         self._phase("compress", report)
         if self.done or self.step >= self.next_eval:
-            self._evaluation(acc_pre=None)
+            self._evaluation(val_acc_pre=None)
 
     def _start_finetune(self) -> None:
         assert self.method is not None
@@ -404,36 +479,55 @@ class Trainer:
         self.optimizer = self._make_optimizer(self.method.finetune_lr)
         self.scheduler = self._make_scheduler(self.total_steps - self.phase_end)
 
-    def _evaluation(self, acc_pre: float | None) -> None:
+    def _evaluation(self, val_acc_pre: float | None) -> None:
+        train_loss = self._check_finite()
         if self.cfg.run.bn_reestimate:
             self.reestimate_bn(self.cfg.run.bn_reestimate)
-        acc_post, test_loss = self.evaluate()
-        train_loss = (self._loss_sum / max(self._loss_count, 1)).item()
         self._loss_sum.zero_()
         self._loss_count = 0
-        metrics = {
-            "epoch": self.step / self.steps_per_epoch,
-            "train_loss": train_loss,
-            "acc_post": acc_post,
-            "test_loss": test_loss,
-        }
-        if acc_pre is not None:
-            metrics["acc_pre"] = acc_pre
+        metrics = {"epoch": self.step / self.steps_per_epoch, "train_loss": train_loss}
+        if val_acc_pre is not None:
+            metrics["val_acc_pre"] = val_acc_pre
+        metrics.update(self._scores())
         while self.next_eval <= self.step:
             self.next_eval += self.eval_every
         self.last_eval = metrics
         self._emit("on_evaluation", self.step, metrics)
 
     # ----------------------------------------------------------------- evaluation
+    def _scores(self) -> dict[str, float]:
+        """``val_accuracy``, ``val_loss`` (with a validation split), ``test_accuracy`` and
+        ``test_loss`` of the model as it is; a non-finite loss raises
+        :class:`TrainingDiverged`."""
+        out: dict[str, float] = {}
+        for split in ("val", "test"):
+            if split == "val" and self.data.val is None:
+                continue
+            acc, loss = self.evaluate(split)
+            if not math.isfinite(loss):
+                raise TrainingDiverged(
+                    self.step,
+                    f"non-finite {split} loss ({loss}) at step {self.step} with finite weights; "
+                    "check the data",
+                )
+            out[f"{split}_accuracy"], out[f"{split}_loss"] = acc, loss
+        return out
+
     @torch.no_grad()
-    def evaluate(self) -> tuple[float, float]:
-        """(accuracy, mean loss) on the test set, in eval mode."""
+    def evaluate(self, split: str = "test") -> tuple[float, float]:
+        """(accuracy, mean loss) on the ``"val"`` or ``"test"`` split, in eval mode."""
+        source = {"val": self.data.val, "test": self.data.test}.get(split)
+        if source is None:
+            raise ValueError(
+                f"no {split!r} split to evaluate on"
+                + ("; set data.val_fraction > 0" if split == "val" else "; use 'val' or 'test'")
+            )
         was_training = self.model.training
         self.model.eval()
         correct = torch.zeros((), device=self.device)
         loss = torch.zeros((), device=self.device)
         count = 0
-        for x, y in self.data.test.epoch(0, self.seed):
+        for x, y in source.epoch(0, self.seed):
             out = self.model(x)
             flat_out, flat_y = out.reshape(-1, out.shape[-1]), y.reshape(-1)
             loss += F.cross_entropy(flat_out, flat_y, reduction="sum")
@@ -465,7 +559,8 @@ class Trainer:
         self.model.train(was_training)
 
     def final_metrics(self) -> dict[str, float]:
-        """accuracy (compressed, after the last distortion), sizes and e_w averages."""
+        """Sizes, e_w averages and counts of the compressed model (its accuracies are those of
+        the last evaluation, :attr:`last_eval`, taken after the last distortion)."""
         weights = self._target_weights()
         dense = count_params(self.model)
         compressed = float(dense)
@@ -484,7 +579,6 @@ class Trainer:
                 macs -= (1.0 - frac) * macs_by_layer.get(mod, 0)
         mean_e_w = self._ew_sum / self.num_events if self.num_events else 0.0
         metrics = {
-            "accuracy": self.last_eval.get("acc_post", float("nan")),
             "compression_ratio": dense / compressed if compressed else float("inf"),
             "params": compressed,
             "params_dense": float(dense),
@@ -565,6 +659,11 @@ class Trainer:
 
     def load_checkpoint(self, path: str) -> None:
         self.load_state_dict(torch.load(path, map_location=self.device, weights_only=False))
+
+
+def _accuracies(scores: dict[str, float]) -> dict[str, float]:
+    """The ``val_accuracy`` / ``test_accuracy`` entries of an evaluation's metrics."""
+    return {k: v for k, v in scores.items() if k in ("val_accuracy", "test_accuracy")}
 
 
 def _seed_everything(seed: int) -> None:

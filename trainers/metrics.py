@@ -119,3 +119,12 @@ def rank_key(name: str, value: float | None) -> float:
     if value is None or not isinstance(value, int | float) or not math.isfinite(value):
         return math.inf
     return -value if get_metric(name).direction == "max" else value
+
+
+def format_metrics(
+    values: dict[str, float], names: list[str] | tuple[str, ...], sep: str = ", "
+) -> str:
+    """``name value`` for each of ``names`` present in ``values`` (once each, in order),
+    formatted as the catalogue says; for progress lines and summaries."""
+    names = [n for n in dict.fromkeys(names) if n in values]
+    return sep.join(f"{n} {get_metric(n).format(values[n])}" for n in names)
