@@ -65,6 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def _train_final(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     from sweeps.final import train_final
     from trainers.config import ConfigError
+    from trainers.loop import TrainingDiverged
 
     try:
         out = train_final(args.config, index=args.index, overrides=overrides,
@@ -72,8 +73,14 @@ def _train_final(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
     except (ConfigError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    selected = out.get("source_val_accuracy")
+    selected = f" (selected at val_accuracy {selected:.4f})" if selected is not None else ""
     print(
-        f"final model: accuracy {out['accuracy']:.4f}, compression {out['compression_ratio']:.2f}x "
+        f"final model: test_accuracy {out['test_accuracy']:.4f}{selected}, "
+        f"compression {out['compression_ratio']:.2f}x "
         f"({out['params']:.0f} of {out['params_dense']:.0f} params; exported structure "
         f"{out['exported_params']:.0f} params, {out['exported_macs']:.0f} MACs)\n"
         f"MLflow run {out['run_id']} at {out['tracking_uri']}; registered as "
@@ -92,12 +99,16 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    diverged = [t.trial_id for t in trials if t.status == "DIVERGED"]
+    others = len(a.skipped) - len(diverged)
+    skipped = [f"{len(diverged)} diverged: {', '.join(diverged)}"] if diverged else []
+    skipped += [f"{others} not finished or without results"] if others else []
     print(f"sweep {ref.sweep_id}: analyzed {a.used} finished trial(s) of {len(trials)} in MLflow"
-          + (f" ({len(a.skipped)} not finished or without results)" if a.skipped else ""))  # fmt: skip
+          + (f" (skipped {'; '.join(skipped)})" if skipped else ""))  # fmt: skip
     print(
         f"e_opt = {a.e_opt:.4g}  (mean e_w/pNR of the best trial of each of {len(a.groups)} strength group(s))"
     )
-    print(f"{'strength':<40} {'trials':>6} {'best acc':>9} {'best pNR':>9} {'suggested pNR':>14}")
+    print(f"{'strength':<40} {'trials':>6} {'best val':>9} {'best pNR':>9} {'suggested pNR':>14}")
     for g in a.groups:
         print(f"{g.label:<40} {len(g.trials):>6} {g.best.accuracy:>9.4f} {g.best.pnr or 0:>9.0f} "
               f"{a.suggested_pnr[g.label]:>14.1f}")  # fmt: skip
@@ -108,25 +119,30 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_best(args: argparse.Namespace) -> int:
     from sweeps.results import best_configs, resolve_sweep, write_best
+    from trainers.metrics import format_metrics
 
     try:
         ref = resolve_sweep(args.sweep, args.tracking_uri)
-        configs = best_configs(ref, top=args.top, pareto=args.pareto, metric=args.metric)
+        best = best_configs(ref, top=args.top, pareto=args.pareto, metric=args.metric)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    metric = args.metric or ref.objective[0]
     selected = (
-        "pareto(accuracy, compression_ratio)"
-        if args.pareto
-        else f"top {args.top} by {args.metric or ref.objective[0]}"
+        "pareto(val_accuracy, compression_ratio)" if args.pareto else f"top {args.top} by {metric}"
     )
-    write_best(configs, args.output, selected)
-    for i, c in enumerate(configs):
+    write_best(best.configs, args.output, selected)
+    for reason in (f"trial {tid} diverged: {why}" for tid, why in best.diverged):
+        print(f"skipped {reason}")
+    if best.unranked:
+        print(f"skipped {best.unranked} trial(s) not finished or without a finite {metric}")
+    for i, c in enumerate(best.configs):
         m = c["provenance"]["metrics"]
-        print(f"[{i}] trial {c['provenance']['trial_id']}: accuracy {m.get('accuracy', float('nan')):.4f}, "
+        shown = format_metrics(m, [metric, "val_accuracy", "test_accuracy"])
+        print(f"[{i}] trial {c['provenance']['trial_id']}: {shown}, "
               f"compression {m.get('compression_ratio', float('nan')):.2f}x (run {c['provenance']['run_id']})")  # fmt: skip
     print(
-        f"wrote {len(configs)} config(s) to {args.output}; train one with: compsweep train {args.output} [--index I] [--epochs N]"
+        f"wrote {len(best.configs)} config(s) to {args.output}; train one with: compsweep train {args.output} [--index I] [--epochs N]"
     )
     return 0
 
@@ -272,6 +288,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from sweeps.progress import print_table
     from sweeps.runner import SweepRecord, trial_rows
+    from trainers.metrics import METRICS, rank_key
 
     paths = [Path(args.path)] if args.path else sorted(Path(args.storage).glob("*/compsweep.json"))
     if not paths:
@@ -294,7 +311,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"{record.sweep_id}: {len(rows)}/{total} trials in MLflow ({summary}); {record.path}")
         if args.path:
             metric = record.spec["objective"]["metrics"][0]
-            rows.sort(key=lambda r: -(r.get(metric) or float("-inf")))
+            rows.sort(key=lambda r: rank_key(metric, r.get(metric)) if metric in METRICS else 0)
             print_table(rows)
     return 0
 
@@ -378,9 +395,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="best.yaml", help="output YAML (default best.yaml)")
     p.add_argument("--top", type=int, default=1, help="the K best by --metric (default 1)")
     p.add_argument(
-        "--pareto", action="store_true", help="the accuracy/compression Pareto set instead"
+        "--pareto",
+        action="store_true",
+        help="the validation-accuracy/compression Pareto set instead",
     )
-    p.add_argument("--metric", help="ranking metric (default: the sweep's first objective)")
+    p.add_argument(
+        "--metric",
+        help="ranking metric, sorted by its direction (default: the sweep's first objective); "
+        "test and direction-less metrics are refused",
+    )
     p.add_argument("--tracking-uri", help="default: the sweep's, or ./mlflow.db for a sweep id")
     p.set_defaults(func=cmd_best)
 

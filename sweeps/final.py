@@ -1,5 +1,9 @@
 """Final training of a sweep's winner: longer schedule, logged to MLflow as a ``final`` run
-linked to its source trial, exported compressed, and registered in the Model Registry."""
+linked to its source trial, exported compressed, and registered in the Model Registry.
+
+The winner was selected on validation data; its final training uses train + validation
+(``data.val_fraction: 0``, unless overridden) and reports test metrics, which nothing selected
+on."""
 
 from __future__ import annotations
 
@@ -67,19 +71,35 @@ def train_final(
 ) -> dict[str, Any]:
     """Train the config in ``path``, log it as a ``final`` run, register the compressed model.
 
-    Returns the final metrics plus ``run_id``, ``model_name`` and ``model_version``.
+    A config from a `compsweep best` file trains on train + validation (``data.val_fraction``
+    0) unless ``overrides`` set ``data.val_fraction``.
+
+    Returns the last evaluation's and the final metrics (``test_accuracy`` among them), the
+    source trial's ``source_val_accuracy`` (if known), ``run_id``, ``model_name`` and
+    ``model_version``.
+
+    Raises:
+        TrainingDiverged: the training diverged (the run ends FAILED, tagged diverged).
     """
     import mlflow
     import mlflow.pytorch
     import torch
     from mlflow import MlflowClient
 
-    from sweeps.tracking import default_tracking_uri, ensure_experiment
+    from sweeps.tracking import (
+        STATUS_REASON_TAG,
+        STATUS_TAG,
+        default_tracking_uri,
+        ensure_experiment,
+    )
     from sweeps.trial import flatten
     from trainers.counting import count_params
     from trainers.export import export, model_macs
+    from trainers.loop import TrainingDiverged
 
     data, prov = read_best(path, index)
+    if prov:  # selection is done: the validation samples now train the final model
+        set_dotted(data, "data.val_fraction", 0.0)
     for key, value in (overrides or {}).items():
         set_dotted(data, key, value)
     cfg = parse_train_config(data, path)
@@ -105,8 +125,11 @@ def train_final(
     trainer = Trainer(cfg, callbacks=[ConsoleProgress(), series])
     try:
         final = trainer.fit()
-    except BaseException:
+    except BaseException as e:
         series.flush()
+        if isinstance(e, TrainingDiverged):
+            client.set_tag(run_id, STATUS_TAG, "diverged")
+            client.set_tag(run_id, STATUS_REASON_TAG, e.reason)
         client.set_terminated(run_id, "FAILED")
         raise
     series.flush()
@@ -124,10 +147,15 @@ def train_final(
         ),
         "exported_compression_ratio": final["params_dense"] / exported_params,
     }
+    # The last evaluation (test_accuracy, ...) is in the series already; these are the rest.
     client.log_batch(
         run_id,
         metrics=[mlflow.entities.Metric(k, float(v), 0, trainer.step) for k, v in summary.items()],
     )
+    summary = {**trainer.last_eval, **summary}
+    source_val = ((prov or {}).get("metrics") or {}).get("val_accuracy")
+    if source_val is not None:
+        summary["source_val_accuracy"] = float(source_val)
     with tempfile.TemporaryDirectory() as d:
         cfg_path = Path(d) / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -146,8 +174,9 @@ def train_final(
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
         )
     version = str(info.registered_model_version)
-    for key in ("accuracy", "compression_ratio", "params", "macs"):
-        client.set_model_version_tag(name, version, key, str(summary[key]))
+    for key in ("test_accuracy", "compression_ratio", "params", "macs", "source_val_accuracy"):
+        if key in summary:
+            client.set_model_version_tag(name, version, key, str(summary[key]))
     client.set_model_version_tag(
         name, version, "exported_compression_ratio", str(summary["exported_compression_ratio"])
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import Any, TextIO
@@ -9,6 +10,7 @@ from typing import Any, TextIO
 from ray.tune import Callback
 
 from sweeps.spec import SweepSpec
+from trainers.metrics import format_metrics, get_metric, rank_key
 
 
 def knob_text(result_or_config: dict[str, Any]) -> str:
@@ -30,7 +32,7 @@ class SweepProgress(Callback):
 
     def __init__(self, spec: SweepSpec, stream: TextIO | None = None) -> None:
         self.metric = spec.objective.metrics[0]
-        self.mode = spec.objective.resolved_modes()[0]
+        self.shown = [*spec.objective.metrics, "val_accuracy", "test_accuracy"]
         self.total = spec.budget.num_trials
         # Tune copies its callbacks: keep no stream object, look sys.stdout up when printing.
         self.stream = stream
@@ -41,7 +43,11 @@ class SweepProgress(Callback):
         # Tune calls on_trial_complete/error before it updates the trial's status.
         done = sum(t.status in ("TERMINATED", "ERROR") or t is ending for t in trials)
         running = sum(t.status == "RUNNING" and t is not ending for t in trials)
-        best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+        best = (
+            f"best {self.metric} {get_metric(self.metric).format(self.best[0])} ({self.best[1]})"
+            if self.best
+            else "best -"
+        )
         print(
             f"[{time.perf_counter() - self.t0:6.0f}s] {done}/{self.total} done, {running} running, {best} | {text}",
             file=self.stream or sys.stdout,
@@ -58,27 +64,37 @@ class SweepProgress(Callback):
         )
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if self.metric in result and not result.get("completed") and not result.get("done"):
+        if (
+            self.metric in result
+            and not result.get("completed")
+            and not result.get("done")
+            and not result.get("diverged")
+        ):
             self._line(
                 trials,
-                f"trial {trial.trial_id} epoch {result.get('epoch', 0):.1f}: acc_post {result.get('acc_post', float('nan')):.4f}",
+                f"trial {trial.trial_id} epoch {result.get('epoch', 0):.1f}: "
+                + format_metrics(result, self.shown),
             )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         r = trial.last_result or {}
+        if r.get("diverged"):
+            # The reason names the step: "non-finite training loss (nan) at step 37; ..."
+            text = f"trial {trial.trial_id} DIVERGED: {r.get('status_reason')}"
+            self._line(trials, text, ending=trial)
+            return
         value = r.get(self.metric)
-        if value is not None and (
-            self.best is None
-            or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+        if rank_key(self.metric, value) < rank_key(
+            self.metric, self.best[0] if self.best else None
         ):
             self.best = (value, trial.trial_id)
-        acc = r.get("accuracy", float("nan"))
+        shown = format_metrics(r, self.shown)
         ratio = r.get("compression_ratio", float("nan"))
-        text = f"trial {trial.trial_id} finished: accuracy {acc:.4f}, compression {ratio:.2f}x"
+        text = f"trial {trial.trial_id} finished: {shown}, compression {ratio:.2f}x"
         if not r.get("completed"):
             text = (
                 f"trial {trial.trial_id} stopped early by the scheduler at epoch "
-                f"{r.get('epoch', 0):.1f}: accuracy {acc:.4f}"
+                f"{r.get('epoch', 0):.1f}: {shown}"
             )
         self._line(trials, text, ending=trial)
 
@@ -89,8 +105,16 @@ class SweepProgress(Callback):
 def best_rows(
     rows: list[dict[str, Any]], metrics: list[str], modes: list[str], top: int
 ) -> list[dict[str, Any]]:
-    """The best ``top`` rows by the first objective, or the Pareto set for several objectives."""
-    rows = [r for r in rows if all(r.get(m) is not None for m in metrics)]
+    """The best ``top`` rows by the first objective, or the Pareto set for several objectives.
+
+    Diverged rows, and rows missing an objective or holding a non-finite one, never rank.
+    """
+    rows = [
+        r
+        for r in rows
+        if r.get("status") != "DIVERGED"
+        and all(isinstance(r.get(m), int | float) and math.isfinite(r[m]) for m in metrics)
+    ]
     sign = [1 if m == "max" else -1 for m in modes]
     if len(metrics) == 1:
         return sorted(rows, key=lambda r: -sign[0] * r[metrics[0]])[:top]
@@ -105,17 +129,17 @@ def best_rows(
 
 
 def print_table(rows: list[dict[str, Any]], stream: TextIO | None = None) -> None:
+    """Trials with validation and test accuracy side by side (selection is on validation)."""
     stream = stream or sys.stdout
-    cols = ["trial", "accuracy", "compression_ratio", "mean_e_w_per_pnr", "knobs", "mlflow_run"]
     print(
-        f"{'trial':<12} {'accuracy':>8} {'ratio':>7} {'e_w/pNR':>10}  {'knobs':<48} mlflow run",
+        f"{'trial':<12} {'val_acc':>8} {'test_acc':>8} {'ratio':>7} {'e_w/pNR':>10}  {'knobs':<48} mlflow run",
         file=stream,
     )
     for r in rows:
-        vals = {c: r.get(c) for c in cols}
         print(
-            f"{vals['trial']!s:<12} {_num(vals['accuracy'], 8, '.4f')} {_num(vals['compression_ratio'], 7, '.2f')} "
-            f"{_num(vals['mean_e_w_per_pnr'], 10, '.2e')}  {vals['knobs']!s:<48} {vals['mlflow_run'] or '-'}",
+            f"{r.get('trial')!s:<12} {_num(r.get('val_accuracy'), 8, '.4f')} "
+            f"{_num(r.get('test_accuracy'), 8, '.4f')} {_num(r.get('compression_ratio'), 7, '.2f')} "
+            f"{_num(r.get('mean_e_w_per_pnr'), 10, '.2e')}  {r.get('knobs')!s:<48} {r.get('mlflow_run') or '-'}",
             file=stream,
         )
 

@@ -8,6 +8,7 @@ many there are of how many.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from typing import Any
 import yaml
 
 from sweeps.analysis import Analysis, Trial, analyze, pareto_front
-from sweeps.tracking import default_tracking_uri, find_trial_runs
+from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, default_tracking_uri, find_trial_runs
+from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key
 
 
 @dataclass
@@ -48,7 +50,7 @@ def resolve_sweep(sweep: str, tracking_uri: str | None = None) -> SweepRef:
         )
         if runs:
             spec = _artifact_yaml(client, runs[0].info.run_id, "spec.yaml") or {}
-            metrics = (spec.get("objective") or {}).get("metrics") or ["accuracy"]
+            metrics = (spec.get("objective") or {}).get("metrics") or [DEFAULT_OBJECTIVE]
             return SweepRef(uri, exp.experiment_id, sweep, runs[0].info.run_id, metrics)
     raise FileNotFoundError(
         f"no sweep {sweep!r}: not a sweep folder (with {SWEEP_FILE}) and no sweep of that id in "
@@ -79,17 +81,20 @@ def load_trials(ref: SweepRef) -> list[Trial]:
     for run in find_trial_runs(ref.tracking_uri, ref.experiment_id, ref.sweep_id):
         p, m = run.data.params, run.data.metrics
         knobs = {k.removeprefix("knob."): _value(v) for k, v in p.items() if k.startswith("knob.")}
-        done = run.info.status == "FINISHED" and "accuracy" in m
+        done = run.info.status == "FINISHED" and "val_accuracy" in m
+        status = "FINISHED" if done else run.info.status
+        if run.data.tags.get(STATUS_TAG) == "diverged":
+            status = "DIVERGED"
         out.append(Trial(
             trial_id=run.data.tags.get("compsweep.trial_id", run.info.run_id),
             method=knobs.get("method") or p.get("compression.method", "?"),
             knobs=knobs,
-            accuracy=m.get("accuracy"),
+            accuracy=m.get("val_accuracy"),
             mean_e_w=m.get("mean_e_w"),
             mean_e_w_per_pnr=m.get("mean_e_w_per_pnr"),
             compression_ratio=m.get("compression_ratio"),
             run_id=run.info.run_id,
-            status="FINISHED" if done else run.info.status,
+            status=status,
         ))  # fmt: skip
     return out
 
@@ -100,7 +105,7 @@ def write_tables(a: Analysis, trials: list[Trial], out: Path) -> list[Path]:
     trials_csv = out / "trials.csv"
     with trials_csv.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["trial_id", "method", "strength", "pnr", "accuracy", "compression_ratio",
+        w.writerow(["trial_id", "method", "strength", "pnr", "val_accuracy", "compression_ratio",
                     "mean_e_w", "mean_e_w_per_pnr", "regularization_error", "status", "run_id"])  # fmt: skip
         for tid, t in by_id.items():
             w.writerow([tid, t.method, group_of.get(tid, ""), t.pnr, t.accuracy, t.compression_ratio,
@@ -109,7 +114,14 @@ def write_tables(a: Analysis, trials: list[Trial], out: Path) -> list[Path]:
     with pnr_csv.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(
-            ["strength", "trials", "best_accuracy", "best_pnr", "median_mean_e_w", "suggested_pnr"]
+            [
+                "strength",
+                "trials",
+                "best_val_accuracy",
+                "best_pnr",
+                "median_mean_e_w",
+                "suggested_pnr",
+            ]
         )
         for g in a.groups:
             w.writerow([g.label, len(g.trials), g.best.accuracy, g.best.pnr,
@@ -133,7 +145,7 @@ def plot(a: Analysis, trials: list[Trial], out: Path) -> list[Path]:
         ax.scatter([a.reg_error[t.trial_id] for t in g.trials], [t.accuracy for t in g.trials],
                    color=c, label=g.label, s=36, edgecolor="black", linewidth=0.4)  # fmt: skip
     ax.set_xlabel("regularization error |e_w/pNR − e_opt|  (mean |Δw| per mini-batch)")
-    ax.set_ylabel("test accuracy after the last distortion (fraction)")
+    ax.set_ylabel("validation accuracy after the last distortion (fraction)")
     ax.set_title(f"Accuracy vs regularization error  (e_opt = {a.e_opt:.3g}, {a.used} trials)")
     ax.grid(alpha=0.3)
     ax.legend(title="compression strength", fontsize=8)
@@ -146,7 +158,7 @@ def plot(a: Analysis, trials: list[Trial], out: Path) -> list[Path]:
         ax.axvline(a.suggested_pnr[g.label], color=c, linestyle=":", linewidth=1)
     ax.set_xscale("log")
     ax.set_xlabel("pNR (optimizer steps between distortions, log scale)")
-    ax.set_ylabel("test accuracy after the last distortion (fraction)")
+    ax.set_ylabel("validation accuracy after the last distortion (fraction)")
     ax.set_title("Accuracy over pNR per compression strength (dotted: suggested pNR = e_w/e_opt)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(title="compression strength", fontsize=8)
@@ -166,7 +178,7 @@ def plot(a: Analysis, trials: list[Trial], out: Path) -> list[Path]:
         label="Pareto front",
     )
     ax.set_xlabel("compression ratio (dense params / compressed params, ×)")
-    ax.set_ylabel("test accuracy after the last distortion (fraction)")
+    ax.set_ylabel("validation accuracy after the last distortion (fraction)")
     ax.set_title("Accuracy vs compression: the Pareto front")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -202,31 +214,56 @@ def run_analysis(
     return a, trials, files
 
 
+@dataclass
+class BestConfigs:
+    """What ``compsweep best`` chose, and which trials it could not consider."""
+
+    configs: list[dict[str, Any]]  # provenance + config, best first
+    diverged: list[tuple[str, str]]  # (trial id, reason) of diverged trials: never ranked
+    unranked: int  # other trials without a finished, finite value of the metric
+
+
 def best_configs(
     ref: SweepRef, top: int = 1, pareto: bool = False, metric: str | None = None
-) -> list[dict[str, Any]]:
-    """The best trials' resolved training configs with provenance, best first."""
+) -> BestConfigs:
+    """The best trials' resolved training configs with provenance, best first.
+
+    Ranks by ``metric`` (default: the sweep's first objective) in its catalogue direction;
+    refuses test-split and direction-less metrics; skips failed, diverged and unfinished trials
+    and any trial whose value is missing or not finite.
+    """
     from mlflow import MlflowClient
 
     metric = metric or ref.objective[0]
+    problem = check_selectable(metric)
+    if problem:
+        raise ValueError(problem)
     client = MlflowClient(ref.tracking_uri)
-    runs = [r for r in find_trial_runs(ref.tracking_uri, ref.experiment_id, ref.sweep_id)
-            if r.info.status == "FINISHED" and metric in r.data.metrics]  # fmt: skip
-    if not runs:
-        raise ValueError(f"sweep {ref.sweep_id} has no finished trial with metric {metric!r} yet")
+    runs = find_trial_runs(ref.tracking_uri, ref.experiment_id, ref.sweep_id)
+    diverged = [(r.data.tags.get("compsweep.trial_id", r.info.run_id),
+                 r.data.tags.get(STATUS_REASON_TAG, "")) for r in runs
+                if r.data.tags.get(STATUS_TAG) == "diverged"]  # fmt: skip
+    ranked = [r for r in runs if r.info.status == "FINISHED"
+              and r.data.tags.get(STATUS_TAG) != "diverged"
+              and math.isfinite(rank_key(metric, r.data.metrics.get(metric)))]  # fmt: skip
+    if not ranked:
+        why = f" ({len(diverged)} diverged)" if diverged else ""
+        raise ValueError(
+            f"sweep {ref.sweep_id} has no finished trial with a finite {metric!r} yet{why}"
+        )
     if pareto:
         by_run = {t.run_id: t for t in load_trials(ref)}
         chosen_ids = [t.run_id for t in pareto_front(by_run.values())]
-        chosen = [r for rid in chosen_ids for r in runs if r.info.run_id == rid]
+        chosen = [r for rid in chosen_ids for r in ranked if r.info.run_id == rid]
     else:
-        descending = metric not in ("params", "macs", "test_loss")
-        chosen = sorted(runs, key=lambda r: r.data.metrics[metric], reverse=descending)[:top]
+        chosen = sorted(ranked, key=lambda r: rank_key(metric, r.data.metrics[metric]))[:top]
+    keep = ("val_accuracy", "test_accuracy", "compression_ratio", "params", "macs",
+            "mean_e_w_per_pnr", metric)  # fmt: skip
     out = []
     for r in chosen:
         config = _artifact_yaml(client, r.info.run_id, "config.yaml")
         if config is None:
             raise FileNotFoundError(f"trial run {r.info.run_id} has no config.yaml artifact")
-        keep = ("accuracy", "compression_ratio", "params", "macs", "mean_e_w_per_pnr")
         out.append({
             "provenance": {
                 "sweep_id": ref.sweep_id,
@@ -234,11 +271,11 @@ def best_configs(
                 "run_id": r.info.run_id,
                 "experiment_id": ref.experiment_id,
                 "tracking_uri": ref.tracking_uri,
-                "metrics": {k: r.data.metrics[k] for k in keep if k in r.data.metrics},
+                "metrics": {k: r.data.metrics[k] for k in dict.fromkeys(keep) if k in r.data.metrics},
             },
             "config": config,
         })  # fmt: skip
-    return out
+    return BestConfigs(out, diverged, len(runs) - len(diverged) - len(ranked))
 
 
 def write_best(configs: list[dict[str, Any]], path: str, selected_by: str) -> None:

@@ -20,6 +20,7 @@ from sweeps.progress import SweepProgress, best_rows, knob_text, print_table
 from sweeps.spec import SweepSpec, from_dict_spec
 from sweeps.status import TrialRunStatus
 from sweeps.tracking import (
+    STATUS_TAG,
     default_tracking_uri,
     ensure_experiment,
     find_trial_runs,
@@ -127,9 +128,9 @@ def _trainable(record: SweepRecord) -> Any:
 def _searcher(spec: SweepSpec) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces import define_by_run
+    from sweeps.searcher import SweepOptunaSearch
 
     metrics, modes = spec.objective.metrics, spec.objective.resolved_modes()
     sampler = {
@@ -137,7 +138,7 @@ def _searcher(spec: SweepSpec) -> Any:
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=spec.seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed),
     }[spec.search.sampler]()
-    searcher = OptunaSearch(
+    searcher = SweepOptunaSearch(
         space=define_by_run(spec.space.name, spec.space.overrides),
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
@@ -265,7 +266,8 @@ def resume_sweep(
 
 
 def trial_rows(record: SweepRecord, grid: Any = None) -> list[dict[str, Any]]:
-    """One row per trial: id, status, final metrics, knobs and MLflow run id."""
+    """One row per trial: id, status (Tune's or MLflow's; DIVERGED for a diverged trial), final
+    metrics, knobs and MLflow run id."""
     runs = {
         r.data.tags.get("compsweep.trial_id"): r
         for r in find_trial_runs(record.tracking_uri, record.experiment_id, record.sweep_id)
@@ -275,11 +277,12 @@ def trial_rows(record: SweepRecord, grid: Any = None) -> list[dict[str, Any]]:
         for result in grid:
             m = dict(result.metrics or {})
             tid = m.get("trial_id")
+            status = "ERROR" if result.error else "TERMINATED"
             rows.append(
                 {
                     **m,
                     "trial": tid,
-                    "status": "ERROR" if result.error else "TERMINATED",
+                    "status": "DIVERGED" if m.get("diverged") else status,
                     "knobs": knob_text(result.config or {}),
                     "mlflow_run": runs[tid].info.run_id if tid in runs else None,
                 }
@@ -290,7 +293,9 @@ def trial_rows(record: SweepRecord, grid: Any = None) -> list[dict[str, Any]]:
                 {
                     **run.data.metrics,
                     "trial": tid,
-                    "status": run.info.status,
+                    "status": "DIVERGED"
+                    if run.data.tags.get(STATUS_TAG) == "diverged"
+                    else run.info.status,
                     "knobs": knob_text(
                         {k: v for k, v in run.data.params.items() if k.startswith("knob.")}
                     ),
@@ -313,7 +318,8 @@ def _finish(record: SweepRecord, grid: Any, stream: TextIO) -> None:
         return
     rows = trial_rows(record, grid)
     finished = [r for r in rows if r["status"] == "TERMINATED"]
-    errors = sum(1 for r in rows if r["status"] == "ERROR")
+    diverged = sum(1 for r in rows if r["status"] == "DIVERGED")
+    errors = sum(1 for r in rows if r["status"] == "ERROR") + diverged
     finish_run(
         record.tracking_uri,
         record.parent_run_id,
@@ -322,7 +328,8 @@ def _finish(record: SweepRecord, grid: Any, stream: TextIO) -> None:
     metrics, modes = spec.objective.metrics, spec.objective.resolved_modes()
     best = best_rows(rows, metrics, modes, top=5)
     title = "Pareto front" if len(metrics) > 1 else f"best trials by {metrics[0]}"
-    print(f"\n{len(rows)} trials ({errors} failed). {title}:", file=stream)
+    failed = f"{errors} failed" + (f" ({diverged} diverged)" if diverged else "")
+    print(f"\n{len(rows)} trials: {len(finished)} finished, {failed}. {title}:", file=stream)
     print_table(best, stream)
     print(
         f"\nMLflow: experiment {spec.tracking.experiment or spec.name!r} (id {record.experiment_id}), "

@@ -8,7 +8,7 @@ problem at once, each naming its field. The YAML layout::
     method_params: {prune: {schedule: gradual}}   # fixed knobs per method (mixed sweeps)
     space: {name: prune, overrides: {pnr: {low: 1, high: 500}, rate: 0.9}}
     budget: {num_trials: 12, max_concurrent: 2, time_budget_s: null}
-    objective: {metrics: [accuracy, compression_ratio], modes: [max, max]}
+    objective: {metrics: [val_accuracy, compression_ratio]}   # modes: each metric's direction
     search: {sampler: tpe}             # tpe | nsga2 | random
     scheduler: {name: none}            # none | asha (grace_period, reduction_factor)
     resources: {cpus: 1, gpus: 0}      # per trial; fractional GPUs pack trials onto one GPU
@@ -29,6 +29,7 @@ import yaml
 
 from search_spaces import branches, check_overrides, extreme_values, record
 from trainers.config import ConfigError, TrainConfig, from_dict, parse_train_config, set_dotted
+from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, get_metric, selectable_metrics
 
 # Knobs that live outside compression.params; every other knob is a distortion knob.
 KNOB_PATHS = {
@@ -40,14 +41,8 @@ KNOB_PATHS = {
     "batch_size": "data.batch_size",
     "epochs": "run.epochs",
 }
-OBJECTIVE_METRICS = (
-    "accuracy",
-    "compression_ratio",
-    "params",
-    "macs",
-    "mean_e_w_per_pnr",
-    "test_loss",
-)
+# What may be an objective: the catalogue's selectable metrics (a direction, not test data).
+OBJECTIVE_METRICS = tuple(selectable_metrics())
 
 
 class SpecError(ConfigError):
@@ -69,12 +64,13 @@ class BudgetSpec:
 
 @dataclass
 class ObjectiveSpec:
-    metrics: list[str] = field(default_factory=lambda: ["accuracy"])
-    modes: list[str] = field(default_factory=list)  # default: max for each metric
+    metrics: list[str] = field(default_factory=lambda: [DEFAULT_OBJECTIVE])
+    modes: list[str] = field(default_factory=list)  # default: each metric's direction
 
     def resolved_modes(self) -> list[str]:
         return self.modes or [
-            "min" if m in ("params", "macs", "test_loss") else "max" for m in self.metrics
+            (get_metric(m).direction if m in OBJECTIVE_METRICS else None) or "max"
+            for m in self.metrics
         ]
 
 
@@ -171,12 +167,18 @@ def _check_structure(spec: SweepSpec) -> list[str]:
         p.append(f"budget.time_budget_s: must be > 0 seconds or null, got {b.time_budget_s}")
     o = spec.objective
     for m in o.metrics:
-        if m not in OBJECTIVE_METRICS:
-            p.append(
-                f"objective.metrics: unknown metric {m!r}; valid: {', '.join(OBJECTIVE_METRICS)}"
-            )
+        problem = check_selectable(m)
+        if problem:
+            p.append(f"objective.metrics: {problem}")
+    val_fraction = (spec.train.get("data") or {}).get("val_fraction")
+    val_metrics = [m for m in o.metrics if m in OBJECTIVE_METRICS and get_metric(m).split == "val"]
+    if val_fraction == 0 and val_metrics:
+        p.append(
+            f"objective.metrics: {', '.join(val_metrics)} need a validation split, but "
+            "train.data.val_fraction is 0; give it a fraction (e.g. 0.1)"
+        )
     if not o.metrics:
-        p.append("objective.metrics: name at least one metric (e.g. [accuracy])")
+        p.append(f"objective.metrics: name at least one metric (e.g. [{DEFAULT_OBJECTIVE}])")
     if o.modes and len(o.modes) != len(o.metrics):
         p.append(
             f"objective.modes: give one mode per metric ({len(o.metrics)}), got {len(o.modes)}"
@@ -303,6 +305,7 @@ def _check_on_model(cfg: TrainConfig, cache: dict[str, Any], spec: SweepSpec) ->
                 download=d.download,
                 limit_train=1,
                 limit_test=1,
+                val_fraction=0,  # no hold-out from a single sample
                 **d.options,
             ).info
             cache[key] = build_model(cfg.model.name, info, **cfg.model.options)

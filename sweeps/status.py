@@ -45,13 +45,15 @@ def _checkpoint_dir(trial: Any) -> str | None:
 
 
 class TrialRunStatus(Callback):
-    """Marks early-stopped trials KILLED and trials that failed for good FAILED in MLflow."""
+    """Marks early-stopped trials KILLED and trials that failed for good FAILED in MLflow; a
+    diverged trial has settled its own run (FAILED, with the reason) and is left alone."""
 
     def __init__(self, facts: dict[str, Any]) -> None:
         self.facts = facts
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        if not (trial.last_result or {}).get("completed"):  # stopped by the scheduler
+        last = trial.last_result or {}
+        if not last.get("completed") and not last.get("diverged"):  # stopped by the scheduler
             settle_trial_run(self.facts, trial.trial_id, "KILLED", _checkpoint_dir(trial))
 
     def on_trial_error(self, iteration, trials, trial, **info):

@@ -4,6 +4,11 @@ train with the compression-aware trainer, report to Tune and log to MLflow.
 Every evaluation saves a checkpoint holding the full trainer state and the tracker's unsent
 points and MLflow run id, so a trial restored after its worker died continues bit for bit and
 keeps logging into its own child run.
+
+A trial whose training diverges (non-finite loss or weights) ends its run FAILED with the tags
+``compsweep.status=diverged`` and ``compsweep.status_reason``, then returns normally with a last
+result marked ``diverged`` (objective NaN): raising would make Tune retry it from its last
+checkpoint, where it would diverge again.
 """
 
 from __future__ import annotations
@@ -18,10 +23,10 @@ import torch
 import yaml
 
 from sweeps.spec import SweepSpec, from_dict_spec, trial_train_dict
-from sweeps.tracking import TrialTracker
+from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker
 from trainers.callbacks import Callback
 from trainers.config import parse_train_config
-from trainers.loop import Trainer
+from trainers.loop import Trainer, TrainingDiverged
 
 TRAINER_FILE = "trainer.pt"
 TRACKER_FILE = "tracker.pkl"
@@ -79,12 +84,7 @@ class TuneBridge(Callback):
             torch.save(trainer.state_dict(), os.path.join(d, TRAINER_FILE))
             with open(os.path.join(d, TRACKER_FILE), "wb") as f:
                 pickle.dump(self.tracker.state(), f)
-            result = {
-                **metrics,
-                "accuracy": metrics["acc_post"],
-                "step": step,
-                **_prefixed(self.knobs),
-            }
+            result = {**metrics, "step": step, **_prefixed(self.knobs)}
             tune.report(result, checkpoint=Checkpoint.from_directory(d))
 
 
@@ -153,26 +153,63 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
             path.write_text(yaml.safe_dump(train_dict, sort_keys=False))
             tracker.log_artifact(str(path))
 
+    diverged: TrainingDiverged | None = None
     try:
         bridge = TuneBridge(tracker, knobs, flush_each_evaluation=spec.scheduler.name != "none")
         trainer = Trainer(cfg, callbacks=[bridge])
         if trainer_state is not None:
             trainer.load_state_dict(trainer_state)
-        final = trainer.fit()
-        tracker.log_metrics(final, step=trainer.step)
-        _log_compressed_model(tracker, trainer)
+        try:
+            final = trainer.fit()
+        except TrainingDiverged as e:
+            diverged = e
+        else:
+            tracker.log_metrics(final, step=trainer.step)
+            _log_compressed_model(tracker, trainer)
     except BaseException:
         # Failed, or stopped by a scheduler (Tune raises SystemExit in tune.report): send what
         # is buffered and stop the sender thread, which would otherwise outlive the trial in a
         # reused process. The run's status is left to the restored attempt or to the driver.
         tracker.stop(timeout=10.0)
         raise
-    tracker.close(
-        status="FINISHED", timeout=float(os.environ.get("COMPSWEEP_FLUSH_TIMEOUT", "600"))
-    )
+    flush_timeout = float(os.environ.get("COMPSWEEP_FLUSH_TIMEOUT", "600"))
+    if diverged is not None:
+        _end_diverged(tracker, spec, knobs, diverged, flush_timeout)
+        return
+    tracker.close(status="FINISHED", timeout=flush_timeout)
     # "completed" marks a trial that ran to its end: Tune also sets "done" on the last result
-    # of a trial that a scheduler stopped.
-    tune.report({**final, "step": trainer.step, "completed": True, **_prefixed(knobs)})
+    # of a trial that a scheduler stopped. The result carries the last evaluation (its
+    # val_accuracy is the trial's objective) and the final metrics.
+    tune.report(
+        {**trainer.last_eval, **final, "step": trainer.step, "completed": True, **_prefixed(knobs)}
+    )
+
+
+def _end_diverged(
+    tracker: TrialTracker,
+    spec: SweepSpec,
+    knobs: dict[str, Any],
+    diverged: TrainingDiverged,
+    flush_timeout: float,
+) -> None:
+    """Settle a diverged trial: its run FAILED with the reason, then a last result that the
+    driver reads as a failure (the searcher records it failed, nothing ranks it)."""
+    from ray import tune
+
+    tracker.set_tags({STATUS_TAG: "diverged", STATUS_REASON_TAG: diverged.reason})
+    # Closed here, before the report: a scheduler may stop the trial inside tune.report.
+    tracker.close(status="FAILED", timeout=flush_timeout)
+    nan = float("nan")  # every objective metric, as Tune expects them in each result
+    tune.report(
+        {
+            **{m: nan for m in spec.objective.metrics},
+            "diverged": True,
+            "diverged_step": diverged.step,
+            "status_reason": diverged.reason,
+            "step": diverged.step,
+            **_prefixed(knobs),
+        }
+    )
 
 
 def _log_compressed_model(tracker: TrialTracker, trainer: Trainer) -> None:

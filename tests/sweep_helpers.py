@@ -8,7 +8,7 @@ from typing import Any
 from mlflow import MlflowClient
 
 SERIES = ("e_w", "e_w_per_pnr", "delta_w", "loss_pre", "loss_post", "delta_loss_ratio",
-          "acc_pre", "acc_post", "train_loss")  # fmt: skip
+          "val_acc_pre", "val_accuracy", "val_loss", "test_accuracy", "test_loss", "train_loss")  # fmt: skip
 
 
 def tiny_spec(name: str, tracking_uri: str, storage: str, *, trials: int = 4, steps: int = 60,

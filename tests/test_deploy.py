@@ -432,7 +432,7 @@ def test_submitted_sweep_runs_on_both_nodes_into_postgres_backed_mlflow(cluster,
     parents, children = sweep_runs(cluster.mlflow_uri, sweep["name"])
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 4
-    assert all(r.info.status == "FINISHED" and "accuracy" in r.data.metrics for r in children)
+    assert all(r.info.status == "FINISHED" and "val_accuracy" in r.data.metrics for r in children)
     nodes = _alive_nodes(cluster)
     assert len(nodes) == 2
     # 1 CPU per node, 2 one-CPU trials at a time: both nodes trained.
@@ -569,7 +569,7 @@ def test_mlflow_ui_shows_the_sweep_and_its_trials(cluster, sweep, mlflow_login, 
     # listed flat; by default the UI shows them folded under the sweep's parent run).
     page = (
         f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
-        "&orderByKey=metrics.%60accuracy%60&orderByAsc=false"
+        "&orderByKey=metrics.%60val_accuracy%60&orderByAsc=false"
     )
     png = tmp_path / "mlflow-ui.png"
     with _auth_proxy(cluster) as proxy:

@@ -123,6 +123,36 @@ def test_every_problem_listed_at_once():
 
 def test_multi_objective_rules():
     data = good()
-    data["objective"] = {"metrics": ["accuracy", "compression_ratio"]}
+    data["objective"] = {"metrics": ["val_accuracy", "compression_ratio"]}
     data["scheduler"] = {"name": "asha"}
     assert "scheduler.name: asha stops trials on one metric" in errors(data)
+
+
+def test_objective_defaults_to_validation_accuracy_and_modes_follow_the_catalogue():
+    spec = parse_spec(good())
+    assert spec.objective.metrics == ["val_accuracy"]
+    data = good()
+    data["objective"] = {"metrics": ["val_loss", "compression_ratio", "params"]}
+    assert parse_spec(data).objective.resolved_modes() == ["min", "max", "min"]
+
+
+@pytest.mark.parametrize(
+    "metric,why",
+    [
+        ("test_accuracy", "measured on the test split, which is never used to select"),
+        ("e_w", "has no better direction"),
+        ("accuracy", "unknown metric 'accuracy'"),
+    ],
+)
+def test_objective_refuses_test_and_directionless_metrics(metric, why):
+    data = good()
+    data["objective"] = {"metrics": [metric]}
+    msg = errors(data)
+    assert f"objective.metrics: '{metric}'" in msg or f"unknown metric '{metric}'" in msg
+    assert why in msg and "val_accuracy" in msg  # the valid choices are listed
+
+
+def test_a_validation_objective_needs_a_validation_split():
+    data = good()
+    data["train"]["data"]["val_fraction"] = 0
+    assert "train.data.val_fraction is 0" in errors(data)

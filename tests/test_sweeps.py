@@ -52,7 +52,8 @@ def test_four_trial_sweep_lands_in_mlflow(local_ray, mlflow_server, tmp_path, ca
         assert run.data.tags["compsweep.sweep_id"] == record.sweep_id
         assert {"knob.pnr", "knob.rate", "compression.method", "optim.lr"} <= set(run.data.params)
         assert {
-            "accuracy",
+            "val_accuracy",
+            "test_accuracy",
             "compression_ratio",
             "params",
             "macs",
@@ -66,7 +67,8 @@ def test_four_trial_sweep_lands_in_mlflow(local_ray, mlflow_server, tmp_path, ca
     # Trials ran in reused worker processes (reuse_actors) and still landed complete above.
     assert len({r.data.tags["compsweep.worker_pid"] for r in children}) < 4
     text = capsys.readouterr().out
-    assert "4/4 done" in text and "best trials by accuracy" in text
+    assert "4/4 done" in text and "best trials by val_accuracy" in text
+    assert "4 trials: 4 finished, 0 failed" in text
 
 
 def _kill_a_trial_worker_after_checkpoint(
@@ -165,11 +167,11 @@ def test_asha_stops_trials_and_their_runs_are_settled(local_ray, mlflow_server, 
     assert set(statuses) <= {"FINISHED", "KILLED"} and "KILLED" in statuses, statuses
     client = MlflowClient(mlflow_server.uri)
     for run in children:
-        acc = client.get_metric_history(run.info.run_id, "acc_post")
+        acc = client.get_metric_history(run.info.run_id, "val_accuracy")
         steps = [m.step for m in acc]
         assert acc and len(steps) == len(set(steps)), steps  # each evaluation once
         if run.info.status == "KILLED":
-            assert "accuracy" not in run.data.metrics  # stopped before its final metrics
+            assert "compression_ratio" not in run.data.metrics  # stopped before its final metrics
         else:
             assert_complete_series(mlflow_server.uri, run)
 
@@ -284,17 +286,23 @@ def test_analyze_best_train_register_on_a_digits_sweep(
     assert main(["best", record.path, "-o", str(best), "--top", "2"]) == 0
     doc = yaml.safe_load(best.read_text())
     assert len(doc["configs"]) == 2
-    accs = [c["provenance"]["metrics"]["accuracy"] for c in doc["configs"]]
+    accs = [c["provenance"]["metrics"]["val_accuracy"] for c in doc["configs"]]
     assert accs == sorted(accs, reverse=True)
     assert doc["configs"][0]["provenance"]["sweep_id"] == record.sweep_id
 
     assert main(["train", str(best), "--epochs", "3", "--register", "digits-e2e-best"]) == 0
     out = capsys.readouterr().out
-    assert "final model: accuracy" in out and "models:/digits-e2e-best/1" in out
+    assert "final model: test_accuracy" in out and "models:/digits-e2e-best/1" in out
     version = client.get_model_version("digits-e2e-best", "1")
-    assert {"accuracy", "compression_ratio", "params", "macs"} <= set(version.tags)
+    assert {"test_accuracy", "compression_ratio", "params", "macs"} <= set(version.tags)
+    assert float(version.tags["source_val_accuracy"]) == accs[0]  # what it was selected on
     final_run = client.get_run(version.run_id)
     assert final_run.data.tags["compsweep.role"] == "final"
+    # selection is over: the final model trains on train + validation and reports test only
+    assert final_run.data.params["data.val_fraction"] == "0.0"
+    assert (
+        "test_accuracy" in final_run.data.metrics and "val_accuracy" not in final_run.data.metrics
+    )
     assert (
         final_run.data.tags["compsweep.source_run_id"] == doc["configs"][0]["provenance"]["run_id"]
     )
@@ -307,7 +315,7 @@ def test_analyze_best_train_register_on_a_digits_sweep(
     x, y = next(iter(test.epoch(0, 0)))
     with torch.no_grad():
         acc = (model(x).argmax(1) == y).float().mean().item()
-    assert acc == pytest.approx(float(version.tags["accuracy"]), abs=1e-6)
+    assert acc == pytest.approx(float(version.tags["test_accuracy"]), abs=1e-6)
 
 
 def test_funnel_sweep_over_c_schedules(local_ray, mlflow_server, tmp_path):
@@ -344,13 +352,71 @@ def test_funnel_sweep_over_c_schedules(local_ray, mlflow_server, tmp_path):
         schedules.add(run.data.params["knob.c_schedule"])
         m = run.data.metrics
         for phase in ("decompose", "train", "compress", "finetune"):
-            assert {f"{phase}_accuracy", f"{phase}_params", f"{phase}_macs"} <= set(m), phase
+            names = {f"{phase}_val_accuracy", f"{phase}_test_accuracy", f"{phase}_params"}
+            assert names | {f"{phase}_macs"} <= set(m), phase
         assert 0 <= m["compress_pruning_ratio"] <= 1
-        assert m["accuracy"] == m["finetune_accuracy"]
+        assert m["val_accuracy"] == m["finetune_val_accuracy"]
         assert m["params"] == m["compress_params"] and m["steps"] == 24 + 8
-        assert len(client.get_metric_history(run.info.run_id, "acc_post")) > 1
+        assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) > 1
         assert client.list_artifacts(run.info.run_id, "phases")  # gate histograms per layer
         path = client.download_artifacts(run.info.run_id, "compressed_model.pt", str(tmp_path))
         model = load_exported(path)
         assert sum(p.numel() for p in model.parameters()) == m["params"]
     assert len(schedules) >= 2
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(
+    local_ray, mlflow_server, tmp_path, capsys
+):
+    """One learning rate of 1e6: those trials end FAILED, tagged diverged with the step, without
+    a retry; the others finish; the summary counts them failed; best and analyze skip them."""
+    import yaml
+
+    from sweeps.cli import main
+
+    data = tiny_spec("diverge", mlflow_server.uri, str(tmp_path / "results"), trials=4, steps=40)
+    data["space"]["overrides"] = {"pnr": {"choices": [2, 4]}, "lr": {"choices": [0.05, 1e6]}}
+    data["search"] = {"sampler": "random"}
+    data["seed"] = 1
+    record = run_sweep(parse_spec(data))
+    text = capsys.readouterr().out
+
+    parents, children = sweep_runs(mlflow_server.uri, "diverge", record.sweep_id)
+    assert len(parents) == 1 and len(children) == 4
+    assert parents[0].info.status == "FINISHED"  # the sweep itself went on to the end
+    diverged = [r for r in children if r.data.params["knob.lr"] == "1000000.0"]
+    healthy = [r for r in children if r.data.params["knob.lr"] == "0.05"]
+    assert diverged and healthy, "the seeded random sampler should draw both learning rates"
+    client = MlflowClient(mlflow_server.uri)
+    for r in diverged:
+        assert r.info.status == "FAILED"
+        assert r.data.tags["compsweep.status"] == "diverged"
+        reason = r.data.tags["compsweep.status_reason"]
+        assert reason.startswith("non-finite") and "lower optim.lr" in reason
+        step = int(reason.split(" at step ")[1].split(";")[0])
+        assert 0 < step < 40
+        assert f"trial {r.data.tags['compsweep.trial_id']} DIVERGED: {reason}" in text
+        assert "compression_ratio" not in r.data.metrics  # no final metrics
+        # tried once, not retried from a checkpoint: one point per logged step
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "e_w")]
+        assert len(steps) == len(set(steps)) and all(s <= step for s in steps)
+    for r in healthy:
+        assert r.info.status == "FINISHED" and "compsweep.status" not in r.data.tags
+        assert_complete_series(mlflow_server.uri, r)
+    n = len(diverged)
+    assert f"4 trials: {4 - n} finished, {n} failed ({n} diverged)" in text
+    assert "retrying" not in text
+
+    best = tmp_path / "best.yaml"
+    assert main(["best", record.path, "-o", str(best), "--top", "4"]) == 0
+    out = capsys.readouterr().out
+    chosen = {c["provenance"]["run_id"] for c in yaml.safe_load(best.read_text())["configs"]}
+    assert chosen == {r.info.run_id for r in healthy}
+    for r in diverged:
+        trial_id = r.data.tags["compsweep.trial_id"]
+        assert f"skipped trial {trial_id} diverged: " in out
+
+    assert main(["analyze", record.path]) == 0
+    out = capsys.readouterr().out
+    assert f"analyzed {4 - n} finished trial(s) of 4" in out
+    assert f"skipped {n} diverged: " in out

@@ -127,7 +127,7 @@ def test_trial_logs_everything(sweep, tmp_path):
     t.log_params({"optim": {"lr": 0.05, "momentum": 0.9}, "method": "prune", "long": "x" * 9000})
     t.set_tags({"compsweep.method": "prune"})
     for step in range(0, 300, 3):
-        t.log_metrics({"e_w": step * 0.01, "loss_pre": 1.0 / (step + 1), "acc_post": 0.5}, step)
+        t.log_metrics({"e_w": step * 0.01, "loss_pre": 1.0 / (step + 1), "val_accuracy": 0.5}, step)
     t.log_metrics({"delta_loss_ratio": math.nan, "loss_post": math.inf}, 300)
     art = tmp_path / "config.yaml"
     art.write_text("model: small_cnn\n")
