@@ -192,7 +192,7 @@ def main() -> None:
                     "fit_s": fit,
                     "pnr": run.data.params.get("knob.pnr", "?"),
                     "steps": int(run.data.metrics.get("steps", 0)),
-                    "acc": run.data.metrics.get("accuracy", float("nan")),
+                    "acc": run.data.metrics.get("val_accuracy", float("nan")),
                 }
             )
     finally:
@@ -215,7 +215,7 @@ def main() -> None:
         print(f"WARNING: {len(rows)} trial runs, statuses {[r['status'] for r in rows]}")
     for r in rows:
         print(
-            f"  {r['trial']}: pNR {r['pnr']:>3}, {r['steps']} steps, accuracy {r['acc']:.3f}, "
+            f"  {r['trial']}: pNR {r['pnr']:>3}, {r['steps']} steps, val_accuracy {r['acc']:.3f}, "
             f"training {r['fit_s']:5.1f}s, MLflow run {r['run_s']:5.1f}s, run starts at "
             f"+{r['start'] - t0_epoch:5.1f}s, ends at +{r['end'] - t0_epoch:5.1f}s"
         )
