@@ -74,13 +74,19 @@ def test_four_trial_sweep_lands_in_mlflow(local_ray, mlflow_server, tmp_path, ca
 def _kill_a_trial_worker_after_checkpoint(
     storage: Path, killed: list[int], stop: threading.Event
 ) -> None:
-    """Wait until some trial has saved a checkpoint, then SIGKILL a trial worker process."""
+    """Wait until some trial has saved a checkpoint, then SIGKILL a trial worker process of
+    this test's own Ray (a descendant of this process: other Ray clusters on the machine are
+    none of its business)."""
     while not stop.is_set():
         if any(storage.glob("*/*/checkpoint_*")):
-            for p in psutil.process_iter(["pid", "cmdline"]):
-                if "ray::ImplicitFunc" in " ".join(p.info["cmdline"] or []):
-                    os.kill(p.info["pid"], signal.SIGKILL)
-                    killed.append(p.info["pid"])
+            for p in psutil.Process().children(recursive=True):
+                try:
+                    cmdline = " ".join(p.cmdline())
+                except psutil.Error:  # ended meanwhile
+                    continue
+                if "ray::ImplicitFunc" in cmdline:
+                    os.kill(p.pid, signal.SIGKILL)
+                    killed.append(p.pid)
                     return
         time.sleep(0.1)
 
