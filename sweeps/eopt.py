@@ -174,7 +174,7 @@ def suggest_pnr(pnrs: Sequence[float], e_ws: Sequence[float], e_opt: float) -> S
     tol = 1e-9
     outside = logp < lo - tol or logp > hi + tol
     if k is not None and outside:
-        note = _join(note, f"outside the tried pNR {10**lo:.3g}–{10**hi:.3g}")
+        note = _join(note, f"outside the tried pNR {10**lo:.4g}–{10**hi:.4g}")
     return Suggestion(float(pnr), k is None or outside, k, note)
 
 
