@@ -217,3 +217,10 @@ def test_analyze_without_an_interior_optimum_logs_no_e_opt(mlflow_server, capsys
     parent = client.search_runs([exp], "tags.`compsweep.role` = 'sweep'")[0]
     assert parent.data.metrics["e_opt_groups"] == 0
     assert not {"e_opt", "e_opt_low", "e_opt_high"} & set(parent.data.metrics)
+
+
+def test_analyze_refuses_bins_below_one(capsys):
+    from sweeps.cli import main
+
+    assert main(["analyze", "some-sweep", "--bins", "0"]) == 2
+    assert "--bins must be >= 1, got 0" in capsys.readouterr().err
