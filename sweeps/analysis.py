@@ -77,6 +77,7 @@ class Trial:
     outcome: str | None = None
     outcome_reason: str | None = None
     seed: int | None = None
+    steps: float | None = None  # optimizer steps trained
     folded: list[str] = field(default_factory=list)
 
     @property
@@ -315,6 +316,10 @@ def assess_group(g: Group) -> GroupResult:
         nxt = [_nice(best.pnr * r), _nice(best.pnr * r * r)]
         reason = (f"best at the edge pNR={best.pnr:g} (the largest tried): widen the pNR range "
                   f"upward (add {', '.join(f'{p:g}' for p in nxt)})")  # fmt: skip
+        steps = max((t.steps for t in g.trials if t.steps), default=None)
+        if steps and nxt[0] * 2 > steps:
+            reason += (f"; a run of {steps:g} steps has fewer than 2 distortions at pNR "
+                       f"{nxt[0]:g}: train longer too")  # fmt: skip
         return GroupResult(g, points, best, optimum, EDGE, reason, nxt)
     if best.pnr == pnrs[0]:
         if best.pnr <= 1:

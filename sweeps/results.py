@@ -134,6 +134,7 @@ def load_trials(ref: SweepRef) -> list[Trial]:
             outcome=tags.get(STATUS_TAG),
             outcome_reason=tags.get(STATUS_REASON_TAG),
             seed=seed if isinstance(seed, int) else None,
+            steps=_float(m, "steps"),
         ))  # fmt: skip
     return out
 

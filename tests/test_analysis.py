@@ -36,6 +36,12 @@ def test_e_opt_with_an_edge_group_recovers_the_interior_optimum_and_lists_the_ed
         "best at the edge pNR=3000 (the largest tried): widen the pNR range upward" in edge.reason
     )
     assert edge.next_pnr == [9000, 27000]
+    assert "train longer" not in edge.reason  # the synthetic trials do not say how long they ran
+    for t in edge.group.trials:
+        t.steps = 12000
+    assert "a run of 12000 steps has fewer than 2 distortions at pNR 9000: train longer too" in (
+        analyze(edge.group.trials).groups[0].reason
+    )
     # Averaging the edge group's best in would have pulled e_opt far off.
     biased = 10 ** ((3 * math.log10(a.e_opt) + edge.optimum.x) / 4)
     assert abs(biased / E_OPT - 1) > 0.10

@@ -111,7 +111,7 @@ def _log_sweep(client, experiment_id: str, trials, extra=()) -> str:
                     "theta": THETA_TEXT[t.knobs["theta"]]},
                    {"val_accuracy": t.val_accuracy, "test_accuracy": t.test_accuracy,
                     "mean_e_w": t.mean_e_w, "mean_e_w_per_pnr": t.mean_e_w_per_pnr,
-                    "compression_ratio": 1.0})  # fmt: skip
+                    "compression_ratio": 1.0, "steps": 12000})  # fmt: skip
     for trial_id, knobs, metrics, status, run_tags in extra:
         _log_trial(
             client, experiment_id, sweep_id, parent, trial_id, knobs, metrics, status, run_tags
@@ -179,6 +179,7 @@ def test_analyze_on_runs_in_a_real_mlflow_server(mlflow_server, tmp_path, capsys
     assert "trial old-names (run" in out and "missing metric(s): val_accuracy" in out
     assert "from 3 strength group(s) with an interior optimum" in out
     assert "best at the edge pNR=3000 (the largest tried)" in out
+    assert "12000 steps has fewer than 2 distortions at pNR 9000: train longer too" in out
 
     parent = client.search_runs(
         [exp], f"tags.`compsweep.sweep_id` = '{sweep_id}' and tags.`compsweep.role` = 'sweep'"
