@@ -30,7 +30,7 @@ class SweepProgress(Callback):
 
     def __init__(self, spec: SweepSpec, stream: TextIO | None = None) -> None:
         self.metric = spec.objective.metrics[0]
-        self.mode = spec.objective.resolved_modes()[0]
+        self.mode = spec.objective.modes()[0]
         self.total = spec.budget.num_trials
         # Tune copies its callbacks: keep no stream object, look sys.stdout up when printing.
         self.stream = stream
