@@ -18,6 +18,7 @@ import yaml
 
 from sweeps.analysis import Analysis, Trial, analyze, pareto_front
 from sweeps.tracking import default_tracking_uri, find_trial_runs
+from trainers import yamlio
 
 
 @dataclass
@@ -62,15 +63,12 @@ def _artifact_yaml(client: Any, run_id: str, path: str) -> Any:
             local = client.download_artifacts(run_id, path, d)
         except Exception:
             return None
-        return yaml.safe_load(Path(local).read_text())
+        return yamlio.load_file(local)
 
 
 def _value(text: str) -> Any:
-    """Params come back as strings: '0.5' -> 0.5, '37' -> 37, 'prune' -> 'prune'."""
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError:
-        return text
+    """Params come back as strings: '0.5' -> 0.5, '1e-05' -> 1e-05, 'prune' -> 'prune'."""
+    return yamlio.parse_scalar(text)
 
 
 def load_trials(ref: SweepRef) -> list[Trial]:
