@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = _read_config(source, problems)
     if "configs" in data or args.tracking_uri or args.register:
         return _train_final(args, overrides, problems)
-    cfg = _checked_config(data, overrides, problems, source, args.checkpoint)
+    cfg = _checked_config(data, overrides, problems, source, args.checkpoint, args.save)
     if args.check:
         print(f"{source}: valid")
         return 0
@@ -88,8 +88,9 @@ def _checked_config(
     problems: list[Problem],
     source: str,
     checkpoint: str | None,
+    save: str | None = None,
 ):
-    """The validated training config: both passes, the checkpoint path and the device, every
+    """The validated training config: both passes, the output paths and the device, every
     problem at once."""
     from trainers.config import apply_overrides, validate_train
     from trainers.model_checks import model_problems
@@ -98,7 +99,9 @@ def _checked_config(
     cfg, sections, found = validate_train(data)
     problems += found + model_problems(sections)
     if checkpoint:
-        problems += _checkpoint_path_problems(Path(checkpoint))
+        problems += _output_path_problems(Path(checkpoint), "--checkpoint")
+    if save:
+        problems += _output_path_problems(Path(save), "--save")
     run = sections.get("run")
     if run is not None and run.device.startswith("cuda"):
         import torch
@@ -114,10 +117,11 @@ def _checked_config(
     return cfg
 
 
-def _checkpoint_path_problems(path: Path) -> list[Problem]:
-    """A checkpoint is read if present and written at every evaluation: its folder must exist
-    and be writable before a long run starts, not at its first save."""
-    where = f"--checkpoint {path}"
+def _output_path_problems(path: Path, flag: str) -> list[Problem]:
+    """A file written during or after training (a checkpoint at every evaluation, --save at
+    the end): its folder must exist and be writable before a long run starts, not at the
+    first save."""
+    where = f"{flag} {path}"
     if path.is_dir():
         return [Problem(where, "is a folder; give a file path, e.g. run.pt")]
     if path.exists() and not os.access(path, os.R_OK | os.W_OK):
@@ -457,6 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return _add_parser(name, parents=[debug], **kwargs)
 
+    # Every sub-command, also one added later, takes --debug after its name too.
     sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser(

@@ -179,6 +179,11 @@ def test_checkpoint_paths_are_checked_before_training(files, capsys):
     ]
     code, problems, _ = run(capsys, "train", "config.yaml", "--checkpoint", str(files))
     assert code == 2 and problems[0].endswith("is a folder; give a file path, e.g. run.pt")
+    code, problems, out = run(capsys, "train", "config.yaml", "--save", "/missing/w.pt")
+    assert (code, out) == (2, "")
+    assert problems == [
+        "--save /missing/w.pt: folder /missing does not exist; create it or choose another"
+    ]
 
 
 def test_a_checkpoint_of_another_model_does_not_fit(files, capsys):
