@@ -30,7 +30,15 @@ def read_best(path: str, index: int = 0) -> tuple[dict[str, Any], dict[str, Any]
             [f"--index {index}: {path} holds {len(configs)} config(s) (0..{len(configs) - 1})"],
             path,
         )
-    return configs[index]["config"], configs[index].get("provenance")
+    prov = configs[index].get("provenance")
+    if prov is not None and not (
+        isinstance(prov, dict) and all(k in prov for k in ("sweep_id", "trial_id", "run_id"))
+    ):
+        raise ConfigError(
+            [f"configs[{index}].provenance: expected sweep_id, trial_id and run_id (or null)"],
+            path,
+        )
+    return configs[index]["config"], prov
 
 
 class _MlflowSeries(Callback):

@@ -240,3 +240,18 @@ def test_only_the_yaml_reader_parses_yaml():
             ):
                 offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+@pytest.mark.parametrize(
+    "best, argv, problem",
+    [
+        ({"configs": {"config": TINY}}, [], "configs: expected a list of {config, provenance}"),
+        ({"configs": [{"config": TINY, "provenance": None}]}, ["--index", "3"], "--index 3: "),
+        ({"configs": [{"config": TINY, "provenance": 5}]}, [], "configs[0].provenance: expected"),
+        ({"configs": [{"config": {**TINY, "run": {"steps": 0}}}]}, [], "run.steps: must be >= 1"),
+    ],
+)
+def test_best_files_are_checked_before_final_training(files, capsys, best, argv, problem):
+    (files / "best.yaml").write_text(yamlio.dumps(best))
+    code, problems, out = run(capsys, "train", "best.yaml", *argv)
+    assert (code, out) == (2, "") and problems[0].startswith(problem), problems
