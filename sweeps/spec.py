@@ -448,7 +448,7 @@ def _attribute(parts: _Parts, p: Problem, knobs: dict[str, Any], varied: str | N
 def _given_method(parts: _Parts) -> str:
     compression = (parts.train or {}).get("compression")
     method = compression.get("method") if isinstance(compression, dict) else None
-    return method or parts.space.name
+    return method if isinstance(method, str) and method else parts.space.name
 
 
 # --------------------------------------------------------------------------------------------
