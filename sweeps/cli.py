@@ -145,7 +145,9 @@ def _resume(trainer: Any, path: Path) -> None:
         state = torch.load(path, map_location=trainer.device, weights_only=False)
     except Exception as e:
         raise ConfigError(
-            [f"not a checkpoint ({type(e).__name__}: {' '.join(str(e).split())[:200]})"],
+            [
+                f"not a checkpoint: torch cannot read it ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            ],
             f"--checkpoint {path}",
         ) from None
     needed = {"version", "model", "optimizer", "progress"}

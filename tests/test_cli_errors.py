@@ -168,7 +168,11 @@ def test_checkpoint_paths_are_checked_before_training(files, capsys):
     ]
     (files / "garbage.pt").write_text("garbage")
     code, problems, out = run(capsys, "train", "config.yaml", "--checkpoint", "garbage.pt")
-    assert code == 2 and "final" not in out and problems[0].startswith("not a checkpoint (")
+    assert (
+        code == 2
+        and "final" not in out
+        and problems[0].startswith("not a checkpoint: torch cannot read it (")
+    )
     assert (files / "garbage.pt").read_text() == "garbage"  # not overwritten by a first save
     import torch
 
