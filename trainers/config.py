@@ -280,7 +280,8 @@ def call_problems(
         if p.message.startswith("missing"):
             p = Problem(p.path, f"missing; {what} needs a value for it")
         problems.append(p)
-    return problems + [p for p in non_finite(known, path) if p not in problems]
+    seen = {p.path for p in problems}
+    return problems + [p for p in non_finite(known, path) if p.path not in seen]
 
 
 def _sound(problems: Iterable[Problem], path: str) -> bool:

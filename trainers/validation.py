@@ -22,8 +22,13 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 class ConfigError(ValueError):
     """A configuration with one or more problems; ``problems`` lists them all, one line each."""
 
+    MAX_LINE = 500  # a problem quoting a pasted or fuzzed value stays readable
+
     def __init__(self, problems: Iterable[Any], source: str = "config") -> None:
-        self.problems = [str(p) for p in problems]
+        lines = (" ".join(str(p).split()) for p in problems)
+        self.problems = [
+            t if len(t) <= self.MAX_LINE else t[: self.MAX_LINE - 3] + "..." for t in lines
+        ]
         self.source = source
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
@@ -183,7 +188,11 @@ def annotation_at(model: type[BaseModel], loc: tuple[Any, ...], raw: bool = Fals
             if field is None:
                 return None
             # pydantic keeps a field's Annotated extras apart from its annotation
-            tp = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+            tp = (
+                Annotated[(field.annotation, *field.metadata)]
+                if field.metadata
+                else field.annotation
+            )
         elif origin is list and isinstance(part, int):
             tp = (typing.get_args(tp) or (Any,))[0]
         elif origin is dict:
