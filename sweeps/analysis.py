@@ -1,56 +1,165 @@
-"""e_opt and the regularization error of every trial (DESIGN §3), from plain trial records.
+"""e_opt, the regularization error of every trial and the suggested pNR per strength, from plain
+trial records.
 
-The papers' rule: accuracy is best when the weight change per batch, ``e_w / pNR``, sits at an
-optimum ``e_opt`` that hardly depends on the compression strength. So:
+The papers' rule: validation accuracy is best when the weight change per mini-batch,
+``e_w / pNR``, sits at an optimum ``e_opt`` that hardly depends on the compression strength
+(on Fashion-MNIST with LeNet-300-100 and occasional weight decay, accuracy at equal e_w/pNR
+agrees within 0.7 pp for θ spanning two decades). Selection uses validation accuracy, never
+test accuracy, which is carried along for information only.
 
-1. group the trials by compression strength (the method's knobs, pNR and lr excluded);
-2. in each group take the most accurate trial; ``e_opt`` is the mean of their ``mean_e_w_per_pnr``;
-3. a trial's regularization error is ``|mean_e_w_per_pnr − e_opt|``;
-4. for a strength with weight change ``e_w(s)`` per event, the suggested period is
-   ``pNR ≈ e_w(s) / e_opt``.
-
-Searched strengths are usually continuous (a TPE-sampled pruning rate is never the same
-twice), so continuous knobs are binned before grouping: ``bins`` equal bins over the observed
-range, on a log scale when the values span more than a decade (a knob with no more distinct
-values than bins, e.g. a grid, keeps its values).
+0. Trials that did not finish cleanly are left out, each listed with its reason: failed,
+   diverged (with the trainer's reason), stopped early by the scheduler, killed, still
+   running, missing or non-finite metrics. Trials with the same knobs and the same seed are
+   one configuration run more than once: they are folded into one entry (their metrics
+   averaged) and counted.
+1. Trials are grouped by compression strength: the method and its knobs (θ, a, η, rate,
+   bits, rank, R_c, tile…), without the knobs that set how often or how fast (pNR, lr, …).
+   Continuous strengths are binned (``bins`` equal bins over the observed range, in log space
+   when it spans more than a decade; a knob with no more distinct values than bins, such as
+   a grid, keeps its values).
+2. In each group, validation accuracy is a curve over ``x = log10(e_w/pNR)``; configurations
+   that differ only in seed are averaged into one point. The group's optimum is located on
+   that curve (:func:`sweeps.eopt.locate_optimum`: a quadratic around the best point). A group
+   counts only when it has at least 3 distinct pNR and its best point is not at the smallest
+   or largest pNR it tried; every other group is reported with its reason and the pNR to try
+   next ("best at the edge pNR=1000 (the largest tried): widen the pNR range upward").
+   An edge optimum is never averaged in.
+3. ``e_opt`` is the geometric mean of the usable groups' optima, with a range: the wider of a
+   95% bootstrap over trials and the spread of the groups' optima, and the number of groups
+   behind it. With no usable group the analysis says that the sweep cannot support an e_opt,
+   and what to run next.
+4. A trial's regularization error is ``log10(mean_e_w_per_pnr) − log10(e_opt)``, signed:
+   negative below e_opt (too little change per step), positive above.
+5. Per strength, ``log e_w`` is fitted against ``log pNR`` over its trials and
+   ``e_w(pNR) / pNR = e_opt`` solved for pNR (:func:`sweeps.eopt.suggest_pnr`), clamped to
+   ≥ 1 and marked when it extrapolates beyond the tried pNR; a strength tried at one pNR only
+   is an extrapolation that assumes e_w independent of pNR. Useful pNR typically lie between
+   10 and 5000.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from sweeps.eopt import Centre, Optimum, Suggestion, centre_and_range, locate_optimum, suggest_pnr
 
 # Knobs that set how often / how fast, not how hard: never part of the strength.
 NOT_STRENGTH = {"pnr", "lr", "momentum", "weight_decay", "batch_size", "epochs"}
+MIN_DISTINCT_PNR = 3
+# Metrics a trial needs to be placed on the curve (validation accuracy, never test accuracy).
+REQUIRED = ("val_accuracy", "mean_e_w", "mean_e_w_per_pnr")
 
 
 @dataclass
 class Trial:
-    """What the analysis needs of one trial."""
+    """What the analysis needs of one trial run.
+
+    Attributes:
+        status: the MLflow run status (FINISHED, FAILED, KILLED, RUNNING…).
+        outcome: the run's ``compsweep.status`` tag (finished, failed, diverged, stopped,
+            killed) when it has one; ``outcome_reason`` its ``compsweep.status_reason``.
+        folded: ids of identical trials (same knobs and seed) folded into this one.
+    """
 
     trial_id: str
     method: str
     knobs: dict[str, Any]
-    accuracy: float | None
+    val_accuracy: float | None
     mean_e_w: float | None
     mean_e_w_per_pnr: float | None
+    test_accuracy: float | None = None
     compression_ratio: float | None = None
     run_id: str | None = None
     status: str = "FINISHED"
+    outcome: str | None = None
+    outcome_reason: str | None = None
+    seed: int | None = None
+    steps: float | None = None  # optimizer steps trained
+    folded: list[str] = field(default_factory=list)
 
     @property
     def pnr(self) -> float | None:
         v = self.knobs.get("pnr")
-        return float(v) if v is not None else None
+        return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+
+    @property
+    def x(self) -> float:
+        """log10 of the trial's e_w/pNR (only for usable trials)."""
+        return math.log10(self.mean_e_w_per_pnr)
+
+    @property
+    def skip_reason(self) -> str | None:
+        """Why the trial cannot take part, or None when it can."""
+        why = self.outcome_reason
+        if self.status in ("RUNNING", "SCHEDULED"):
+            return "still running"
+        if self.outcome == "diverged":
+            return f"diverged: {why}" if why else "diverged"
+        if self.outcome == "stopped":
+            return "stopped early by the scheduler"
+        if self.outcome == "killed":
+            return "killed by the user"
+        if self.status == "FAILED" or self.outcome == "failed":
+            return f"failed: {why}" if why else "failed"
+        if self.status == "KILLED":
+            return "stopped early by the scheduler, or killed"
+        if self.status != "FINISHED":
+            return f"run status {self.status}"
+        if self.outcome not in (None, "finished"):
+            return f"{self.outcome}: {why}" if why else str(self.outcome)
+        missing = [m for m in REQUIRED if getattr(self, m) is None]
+        if missing:
+            return f"missing metric(s): {', '.join(missing)}"
+        bad = [m for m in REQUIRED if not math.isfinite(getattr(self, m))]
+        if bad:
+            return f"non-finite metric(s): {', '.join(bad)}"
+        if self.mean_e_w_per_pnr <= 0 or self.mean_e_w <= 0:
+            return "no weight change (e_w = 0): nothing to place on the log(e_w/pNR) axis"
+        if self.pnr is None or self.pnr <= 0:
+            return f"no numeric pNR (knob pnr = {self.knobs.get('pnr')!r})"
+        return None
 
     @property
     def usable(self) -> bool:
-        return self.status == "FINISHED" and all(
-            v is not None and math.isfinite(v)
-            for v in (self.accuracy, self.mean_e_w, self.mean_e_w_per_pnr)
-        )
+        return self.skip_reason is None
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def config_key(t: Trial, with_seed: bool = True) -> tuple:
+    """What identifies a configuration: method, every knob and (optionally) the seed."""
+    knobs = tuple(sorted((k, repr(v)) for k, v in t.knobs.items()))
+    return (t.method, knobs, t.seed) if with_seed else (t.method, knobs)
+
+
+def fold_identical(trials: Iterable[Trial]) -> list[Trial]:
+    """One entry per configuration (same knobs and seed), in first-seen order; the entry keeps
+    the first trial's id and run, averages the metrics and lists the others in ``folded``."""
+    by_key: dict[tuple, list[Trial]] = {}
+    for t in trials:
+        by_key.setdefault(config_key(t), []).append(t)
+    out = []
+    for same in by_key.values():
+        if len(same) == 1:
+            out.append(same[0])
+            continue
+        avg = {}
+        for m in (
+            "val_accuracy",
+            "test_accuracy",
+            "mean_e_w",
+            "mean_e_w_per_pnr",
+            "compression_ratio",
+        ):
+            vals = [getattr(t, m) for t in same]
+            avg[m] = None if any(v is None for v in vals) else sum(vals) / len(vals)
+        out.append(replace(same[0], folded=[t.trial_id for t in same[1:]], **avg))
+    return out
 
 
 @dataclass
@@ -59,26 +168,8 @@ class Group:
     trials: list[Trial] = field(default_factory=list)
 
     @property
-    def best(self) -> Trial:
-        return max(self.trials, key=lambda t: t.accuracy)
-
-    @property
     def label(self) -> str:
         return " ".join(f"{k}={_short(v)}" for k, v in self.strength)
-
-
-@dataclass
-class Analysis:
-    e_opt: float
-    groups: list[Group]
-    reg_error: dict[str, float]  # trial id -> |mean_e_w_per_pnr - e_opt|
-    suggested_pnr: dict[str, float]  # group label -> e_w(s) / e_opt
-    used: int
-    skipped: list[str]  # trial ids without usable results (failed, running, missing metrics)
-
-
-def _short(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _binner(values: list[float], bins: int):
@@ -121,39 +212,218 @@ def group_by_strength(trials: Iterable[Trial], bins: int = 5) -> list[Group]:
     return sorted(groups.values(), key=lambda g: g.label)
 
 
-def analyze(trials: Iterable[Trial], bins: int = 5) -> Analysis:
-    """e_opt, every trial's regularization error and the suggested pNR per strength.
+@dataclass
+class Point:
+    """One configuration on a group's curve: its trials differ only in seed and are averaged."""
 
-    Trials without usable results (failed, still running, missing metrics) are left out and
-    listed in ``skipped``. Raises ``ValueError`` when no trial is usable.
+    trials: list[Trial]
+
+    @property
+    def pnr(self) -> float:
+        return self.trials[0].pnr
+
+    @property
+    def x(self) -> float:
+        return sum(t.x for t in self.trials) / len(self.trials)
+
+    @property
+    def val_accuracy(self) -> float:
+        return sum(t.val_accuracy for t in self.trials) / len(self.trials)
+
+    @property
+    def test_accuracy(self) -> float | None:
+        vals = [t.test_accuracy for t in self.trials]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
+
+
+def curve_points(trials: Iterable[Trial]) -> list[Point]:
+    by_config: dict[tuple, list[Trial]] = {}
+    for t in trials:
+        by_config.setdefault(config_key(t, with_seed=False), []).append(t)
+    return [Point(ts) for ts in by_config.values()]
+
+
+def _curve_xy(trials: list[Trial]) -> list[tuple[float, float]]:
+    return [(p.x, p.val_accuracy) for p in curve_points(trials)]
+
+
+USED, EDGE, TOO_FEW = "used", "edge", "too few pNR"
+
+
+@dataclass
+class GroupResult:
+    """One strength group: its curve, optimum, whether it counts for e_opt, suggested pNR."""
+
+    group: Group
+    points: list[Point]
+    best: Point
+    optimum: Optimum
+    status: str  # USED, EDGE or TOO_FEW
+    reason: str  # why not used ("" when used)
+    next_pnr: list[float]  # pNR worth adding (empty when used)
+    suggestion: Suggestion | None = None  # None without e_opt
+
+    @property
+    def label(self) -> str:
+        return self.group.label
+
+    @property
+    def pnrs(self) -> list[float]:
+        return sorted({p.pnr for p in self.points})
+
+    @property
+    def best_pnr_text(self) -> str:
+        """The observed best pNR; at an edge, the bound it implies (≥ largest, ≤ smallest)."""
+        p, pnrs = f"{self.best.pnr:g}", self.pnrs
+        if self.status == EDGE and self.best.pnr == pnrs[-1]:
+            return f"≥{p}"
+        if self.status == EDGE and self.best.pnr > 1:
+            return f"≤{p}"
+        return p
+
+
+def _geometric_step(pnrs: list[float], at_top: bool) -> float:
+    """The ratio between the two outermost pNR on one side (10 when there is one pNR)."""
+    if len(pnrs) < 2:
+        return 10.0
+    r = pnrs[-1] / pnrs[-2] if at_top else pnrs[1] / pnrs[0]
+    return r if r > 1.0 else 10.0
+
+
+def _nice(v: float) -> float:
+    return float(f"{v:.2g}") if v >= 1 else 1.0
+
+
+def assess_group(g: Group) -> GroupResult:
+    """Locate a group's optimum and decide whether it may count for e_opt."""
+    points = curve_points(g.trials)
+    top = max(p.val_accuracy for p in points)
+    tied = [p for p in points if p.val_accuracy == top]
+    pnrs = sorted({p.pnr for p in points})
+    # Among equally good points, one at an edge makes the optimum an edge optimum: a plateau
+    # that reaches the edge may go on beyond it.
+    best = next((p for p in tied if p.pnr in (pnrs[0], pnrs[-1])), tied[0])
+    optimum = locate_optimum([(p.x, p.val_accuracy) for p in points])
+    shown = ", ".join(f"{p:g}" for p in pnrs)
+    if len(pnrs) < MIN_DISTINCT_PNR:
+        r = _geometric_step(pnrs, at_top=True)
+        nxt = sorted({_nice(best.pnr / r), _nice(best.pnr * r)} - set(pnrs))
+        reason = (f"only {len(pnrs)} distinct pNR ({shown}); an interior optimum needs "
+                  f"{MIN_DISTINCT_PNR}: add pNR {', '.join(f'{p:g}' for p in nxt)}")  # fmt: skip
+        return GroupResult(g, points, best, optimum, TOO_FEW, reason, nxt)
+    if best.pnr == pnrs[-1]:
+        r = _geometric_step(pnrs, at_top=True)
+        nxt = [_nice(best.pnr * r), _nice(best.pnr * r * r)]
+        reason = (f"best at the edge pNR={best.pnr:g} (the largest tried): widen the pNR range "
+                  f"upward (add {', '.join(f'{p:g}' for p in nxt)})")  # fmt: skip
+        steps = max((t.steps for t in g.trials if t.steps), default=None)
+        if steps and nxt[0] * 2 > steps:
+            reason += (f"; a run of {steps:g} steps has fewer than 2 distortions at pNR "
+                       f"{nxt[0]:g}: train longer too")  # fmt: skip
+        return GroupResult(g, points, best, optimum, EDGE, reason, nxt)
+    if best.pnr == pnrs[0]:
+        if best.pnr <= 1:
+            reason = (f"best at the edge pNR={best.pnr:g}, the smallest possible: this strength "
+                      "changes the weights too little per step at any pNR; try a stronger "
+                      "setting")  # fmt: skip
+            return GroupResult(g, points, best, optimum, EDGE, reason, [])
+        r = _geometric_step(pnrs, at_top=False)
+        nxt = sorted({_nice(best.pnr / r), _nice(best.pnr / r / r)} - set(pnrs))
+        reason = (f"best at the edge pNR={best.pnr:g} (the smallest tried): widen the pNR range "
+                  f"downward (add {', '.join(f'{p:g}' for p in nxt)})")  # fmt: skip
+        return GroupResult(g, points, best, optimum, EDGE, reason, nxt)
+    return GroupResult(g, points, best, optimum, USED, "", [])
+
+
+@dataclass
+class Analysis:
+    """The result of :func:`analyze`.
+
+    Attributes:
+        trials: every trial given.
+        used: the usable trials, identical configurations folded.
+        skipped: (trial, reason) of every trial left out.
+        folded: how many trials were folded into another (same knobs and seed).
+        groups: every strength group with its status and suggested pNR.
+        centre: e_opt in log space with its range; None when the sweep cannot support one.
+        reg_error: trial id -> log10(mean_e_w_per_pnr) - log10(e_opt) (empty without e_opt).
     """
+
+    trials: list[Trial]
+    used: list[Trial]
+    skipped: list[tuple[Trial, str]]
+    folded: int
+    groups: list[GroupResult]
+    centre: Centre | None
+    reg_error: dict[str, float]
+
+    @property
+    def e_opt(self) -> float | None:
+        return 10**self.centre.x if self.centre else None
+
+    @property
+    def e_opt_low(self) -> float | None:
+        return 10**self.centre.low if self.centre else None
+
+    @property
+    def e_opt_high(self) -> float | None:
+        return 10**self.centre.high if self.centre else None
+
+    @property
+    def usable_groups(self) -> list[GroupResult]:
+        return [g for g in self.groups if g.status == USED]
+
+    def cannot_support(self) -> list[str]:
+        """Why there is no e_opt and what to run next (empty when there is one)."""
+        if self.centre is not None:
+            return []
+        if not self.groups:
+            why = f"no usable trial among {len(self.trials)}"
+            return [f"This sweep cannot support an e_opt: {why}.",
+                    "Run next: a sweep whose trials finish with val_accuracy and mean_e_w_per_pnr."]  # fmt: skip
+        lines = [
+            "This sweep cannot support an e_opt: no strength group has its best validation "
+            f"accuracy at an interior pNR with at least {MIN_DISTINCT_PNR} distinct pNR tried.",
+            "Run next (e.g. space.overrides.pnr: {choices: [...]} with search: {sampler: grid}):",
+        ]
+        for g in self.groups:
+            todo = f"add pNR {', '.join(f'{p:g}' for p in g.next_pnr)}" if g.next_pnr else g.reason
+            lines.append(f"  {g.label}: tried pNR {', '.join(f'{p:g}' for p in g.pnrs)}; {todo}")
+        return lines
+
+
+def analyze(trials: Iterable[Trial], bins: int = 5) -> Analysis:
+    """e_opt with its range, every trial's regularization error and the suggested pNR per
+    strength (see the module doc). Never raises on unusable data: an analysis without usable
+    groups has ``centre`` None and says why in :meth:`Analysis.cannot_support`."""
     trials = list(trials)
-    usable = [t for t in trials if t.usable]
-    skipped = [t.trial_id for t in trials if not t.usable]
-    if not usable:
-        raise ValueError(
-            f"no finished trial with accuracy and mean_e_w_per_pnr among {len(trials)} trial(s)"
-        )
-    groups = group_by_strength(usable, bins)
-    e_opt = sum(g.best.mean_e_w_per_pnr for g in groups) / len(groups)
-    reg_error = {t.trial_id: abs(t.mean_e_w_per_pnr - e_opt) for t in usable}
-    suggested = {}
-    for g in groups:
-        e_w = sorted(t.mean_e_w for t in g.trials)[len(g.trials) // 2]  # median e_w per event
-        suggested[g.label] = e_w / e_opt if e_opt > 0 else float("inf")
-    return Analysis(e_opt, groups, reg_error, suggested, len(usable), skipped)
+    skipped = [(t, t.skip_reason) for t in trials if not t.usable]
+    kept = [t for t in trials if t.usable]
+    used = fold_identical(kept)
+    groups = [assess_group(g) for g in group_by_strength(used, bins)]
+    usable = [g for g in groups if g.status == USED]
+    centre = centre_and_range([g.group.trials for g in usable], _curve_xy) if usable else None
+    reg_error: dict[str, float] = {}
+    if centre is not None:
+        e_opt = 10**centre.x
+        reg_error = {t.trial_id: t.x - centre.x for t in used}
+        for g in groups:
+            ts = g.group.trials
+            g.suggestion = suggest_pnr([t.pnr for t in ts], [t.mean_e_w for t in ts], e_opt)
+    return Analysis(trials, used, skipped, len(kept) - len(used), groups, centre, reg_error)
 
 
 def pareto_front(trials: Iterable[Trial]) -> list[Trial]:
-    """Trials no other trial beats on both accuracy and compression ratio, by accuracy."""
+    """Usable trials no other beats on both validation accuracy and compression ratio, most
+    accurate first."""
     pts = [t for t in trials if t.usable and t.compression_ratio is not None]
 
     def dominated(t: Trial) -> bool:
         return any(
-            o.accuracy >= t.accuracy
+            o.val_accuracy >= t.val_accuracy
             and o.compression_ratio >= t.compression_ratio
-            and (o.accuracy > t.accuracy or o.compression_ratio > t.compression_ratio)
+            and (o.val_accuracy > t.val_accuracy or o.compression_ratio > t.compression_ratio)
             for o in pts
         )
 
-    return sorted((t for t in pts if not dominated(t)), key=lambda t: -t.accuracy)
+    return sorted((t for t in pts if not dominated(t)), key=lambda t: -t.val_accuracy)

@@ -199,26 +199,26 @@ def _train_final(
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    """Exit 0 whenever the analysis ran, also when the sweep cannot support an e_opt (that is
+    a finding, printed with what to run next, and no e_opt metric is logged); 2 on bad input."""
+    from sweeps.analysis_report import report_lines
     from sweeps.results import resolve_sweep, run_analysis
 
     _check_tracking_uri_arg(args.tracking_uri)
+    if args.bins < 1:
+        print(f"error: --bins must be >= 1, got {args.bins}", file=sys.stderr)
+        return 2
     try:
         ref = resolve_sweep(args.sweep, args.tracking_uri)
-        a, trials, files = run_analysis(ref, bins=args.bins, out_dir=args.output)
+        a, files = run_analysis(ref, bins=args.bins, out_dir=args.output)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"sweep {ref.sweep_id}: analyzed {a.used} finished trial(s) of {len(trials)} in MLflow"
-          + (f" ({len(a.skipped)} not finished or without results)" if a.skipped else ""))  # fmt: skip
-    print(
-        f"e_opt = {a.e_opt:.4g}  (mean e_w/pNR of the best trial of each of {len(a.groups)} strength group(s))"
-    )
-    print(f"{'strength':<40} {'trials':>6} {'best acc':>9} {'best pNR':>9} {'suggested pNR':>14}")
-    for g in a.groups:
-        print(f"{g.label:<40} {len(g.trials):>6} {g.best.accuracy:>9.4f} {g.best.pnr or 0:>9.0f} "
-              f"{a.suggested_pnr[g.label]:>14.1f}")  # fmt: skip
-    print(f"logged e_opt, tables and plots to parent run {ref.parent_run_id} (artifacts analysis/); "
-          f"local copies in {files[0].parent}")  # fmt: skip
+    print("\n".join(report_lines(a, ref.sweep_id)))
+    logged = "e_opt, its range, " if a.centre is not None else ""
+    print(f"logged {logged}e_opt_groups, the report, tables and plots to parent run "
+          f"{ref.parent_run_id} (artifacts analysis/)"
+          + (f"; copies in {args.output}" if args.output else ""))  # fmt: skip
     return 0
 
 
@@ -504,17 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "analyze",
-        help="compute e_opt, regularization errors and suggested pNR of a sweep, with plots",
-        description="Read a sweep's trials from MLflow (finished ones; works while it runs), group them "
-        "by compression strength, compute e_opt, every trial's regularization error and the suggested "
-        "pNR per strength, and log e_opt, tables and plots to the sweep's parent run.",
+        help="estimate e_opt with its range, suggested pNR per strength, with plots",
+        description="Read a sweep's trials from MLflow (works while it runs; failed, diverged, "
+        "stopped and unfinished trials are listed and left out, identical configurations folded), "
+        "group them by compression strength, locate each group's optimum of validation accuracy "
+        "over log(e_w/pNR), and estimate e_opt with its range from the groups whose optimum is "
+        "interior (or say what to run next); suggest a pNR per strength. Logs e_opt, e_opt_low, "
+        "e_opt_high, e_opt_groups, the report, tables and plots to the sweep's parent run.",
     )
     p.add_argument("sweep", help="sweep folder (holds compsweep.json) or sweep id")
     p.add_argument("--tracking-uri", help="default: the sweep's, or ./mlflow.db for a sweep id")
     p.add_argument(
         "--bins", type=int, default=5, help="bins per continuous strength knob (default 5)"
     )
-    p.add_argument("--output", help="also keep tables and plots in this folder")
+    p.add_argument("--output", help="also write the report, tables and plots to this folder")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(

@@ -1,14 +1,16 @@
-"""After a sweep: read its trials from MLflow, analyze e_opt (with plots, logged to the
-sweep's parent run), pull the best configs as ready-to-run YAML.
+"""After a sweep: read its trials from MLflow (knobs with their types), analyze e_opt (report,
+tables and plots logged to the sweep's parent run), pull the best configs as ready-to-run YAML.
 
-Works on a sweep that is still running: only finished trials count, and the report says how
-many there are of how many.
+Works on a sweep that is still running: only trials that finished cleanly count, and the
+report lists every other one with its reason.
 """
 
 from __future__ import annotations
 
-import csv
+import math
 import os
+import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,15 @@ from typing import Any
 import yaml
 
 from sweeps.analysis import Analysis, Trial, analyze, pareto_front
-from sweeps.tracking import default_tracking_uri, find_trial_runs
+from sweeps.tracking import (
+    STATUS_REASON_TAG,
+    STATUS_TAG,
+    TRIAL_ID_TAG,
+    default_tracking_uri,
+    find_trial_runs,
+)
 from trainers import yamlio
+from trainers.yamlio import parse_scalar
 
 
 @dataclass
@@ -66,138 +75,104 @@ def _artifact_yaml(client: Any, run_id: str, path: str) -> Any:
         return yamlio.load_file(local)
 
 
-def _value(text: str) -> Any:
-    """Params come back as strings: '0.5' -> 0.5, '1e-05' -> 1e-05, 'prune' -> 'prune'."""
-    return yamlio.parse_scalar(text)
+# What Python's str() writes for values YAML reads differently (or not at all).
+_STR_SPECIALS: dict[str, Any] = {"None": None, "null": None, "True": True, "False": False,
+                                 "inf": math.inf, "-inf": -math.inf, "nan": math.nan}  # fmt: skip
+_PLAIN_INT = re.compile(r"^[-+]?[0-9]+$")
+_PLAIN_FLOAT = re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?$")
+
+
+def knob_value(text: str) -> Any:
+    """A knob's value from its MLflow param text (written with ``str()``), with its type.
+
+    ``1e-05``, ``1.0e-3``, ``1E5``, ``.5`` and ``0.001`` are floats, ``37`` an int, ``True`` a
+    bool, ``None`` None, ``inf`` / ``nan`` floats, ``[1, 2]`` a list. Anything else stays the
+    text it is: a categorical choice such as ``prune``, ``gradual`` or ``on`` is never turned
+    into a bool, a date or a hex number.
+    """
+    if text in _STR_SPECIALS:
+        return _STR_SPECIALS[text]
+    value = parse_scalar(text)
+    if isinstance(value, bool):
+        return value if text in ("true", "false") else text
+    if isinstance(value, int):
+        return value if _PLAIN_INT.match(text) else text
+    if isinstance(value, float):
+        return value if _PLAIN_FLOAT.match(text) else text
+    if isinstance(value, list | dict):
+        return value
+    return text
+
+
+def _float(metrics: dict[str, float], key: str) -> float | None:
+    v = metrics.get(key)
+    return float(v) if v is not None else None
 
 
 def load_trials(ref: SweepRef) -> list[Trial]:
-    """Every trial run of the sweep, finished or not."""
+    """Every trial run of the sweep, finished or not, with typed knobs, validation and test
+    metrics and how the run ended (the analysis decides which ones count)."""
     out = []
     for run in find_trial_runs(ref.tracking_uri, ref.experiment_id, ref.sweep_id):
-        p, m = run.data.params, run.data.metrics
-        knobs = {k.removeprefix("knob."): _value(v) for k, v in p.items() if k.startswith("knob.")}
-        done = run.info.status == "FINISHED" and "accuracy" in m
+        p, m, tags = run.data.params, run.data.metrics, run.data.tags
+        knobs = {
+            k.removeprefix("knob."): knob_value(v) for k, v in p.items() if k.startswith("knob.")
+        }
+        if "pnr" not in knobs and "compression.pnr" in p:  # pNR fixed in the base config
+            knobs["pnr"] = knob_value(p["compression.pnr"])
+        seed = knob_value(p["run.seed"]) if "run.seed" in p else None
         out.append(Trial(
-            trial_id=run.data.tags.get("compsweep.trial_id", run.info.run_id),
+            trial_id=tags.get(TRIAL_ID_TAG, run.info.run_id),
             method=knobs.get("method") or p.get("compression.method", "?"),
             knobs=knobs,
-            accuracy=m.get("accuracy"),
-            mean_e_w=m.get("mean_e_w"),
-            mean_e_w_per_pnr=m.get("mean_e_w_per_pnr"),
-            compression_ratio=m.get("compression_ratio"),
+            val_accuracy=_float(m, "val_accuracy"),
+            mean_e_w=_float(m, "mean_e_w"),
+            mean_e_w_per_pnr=_float(m, "mean_e_w_per_pnr"),
+            test_accuracy=_float(m, "test_accuracy"),
+            compression_ratio=_float(m, "compression_ratio"),
             run_id=run.info.run_id,
-            status="FINISHED" if done else run.info.status,
+            status=run.info.status,
+            outcome=tags.get(STATUS_TAG),
+            outcome_reason=tags.get(STATUS_REASON_TAG),
+            seed=seed if isinstance(seed, int) else None,
+            steps=_float(m, "steps"),
         ))  # fmt: skip
     return out
 
 
-def write_tables(a: Analysis, trials: list[Trial], out: Path) -> list[Path]:
-    by_id = {t.trial_id: t for t in trials}
-    group_of = {t.trial_id: g.label for g in a.groups for t in g.trials}
-    trials_csv = out / "trials.csv"
-    with trials_csv.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["trial_id", "method", "strength", "pnr", "accuracy", "compression_ratio",
-                    "mean_e_w", "mean_e_w_per_pnr", "regularization_error", "status", "run_id"])  # fmt: skip
-        for tid, t in by_id.items():
-            w.writerow([tid, t.method, group_of.get(tid, ""), t.pnr, t.accuracy, t.compression_ratio,
-                        t.mean_e_w, t.mean_e_w_per_pnr, a.reg_error.get(tid, ""), t.status, t.run_id])  # fmt: skip
-    pnr_csv = out / "suggested_pnr.csv"
-    with pnr_csv.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(
-            ["strength", "trials", "best_accuracy", "best_pnr", "median_mean_e_w", "suggested_pnr"]
-        )
-        for g in a.groups:
-            w.writerow([g.label, len(g.trials), g.best.accuracy, g.best.pnr,
-                        sorted(t.mean_e_w for t in g.trials)[len(g.trials) // 2], a.suggested_pnr[g.label]])  # fmt: skip
-    return [trials_csv, pnr_csv]
-
-
-def plot(a: Analysis, trials: list[Trial], out: Path) -> list[Path]:
-    """The papers' figures as PNGs: accuracy vs regularization error, accuracy over pNR per
-    strength, and the accuracy/compression Pareto front."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    colors = plt.cm.viridis([i / max(len(a.groups) - 1, 1) for i in range(len(a.groups))])
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for g, c in zip(a.groups, colors, strict=True):
-        ax.scatter([a.reg_error[t.trial_id] for t in g.trials], [t.accuracy for t in g.trials],
-                   color=c, label=g.label, s=36, edgecolor="black", linewidth=0.4)  # fmt: skip
-    ax.set_xlabel("regularization error |e_w/pNR − e_opt|  (mean |Δw| per mini-batch)")
-    ax.set_ylabel("test accuracy after the last distortion (fraction)")
-    ax.set_title(f"Accuracy vs regularization error  (e_opt = {a.e_opt:.3g}, {a.used} trials)")
-    ax.grid(alpha=0.3)
-    ax.legend(title="compression strength", fontsize=8)
-    paths.append(_save(fig, out / "accuracy_vs_regularization_error.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    for g, c in zip(a.groups, colors, strict=True):
-        pts = sorted((t.pnr, t.accuracy) for t in g.trials if t.pnr is not None)
-        ax.plot([p for p, _ in pts], [acc for _, acc in pts], "o-", color=c, label=g.label)
-        ax.axvline(a.suggested_pnr[g.label], color=c, linestyle=":", linewidth=1)
-    ax.set_xscale("log")
-    ax.set_xlabel("pNR (optimizer steps between distortions, log scale)")
-    ax.set_ylabel("test accuracy after the last distortion (fraction)")
-    ax.set_title("Accuracy over pNR per compression strength (dotted: suggested pNR = e_w/e_opt)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(title="compression strength", fontsize=8)
-    paths.append(_save(fig, out / "accuracy_over_pnr.png"))
-
-    fig, ax = plt.subplots(figsize=(7, 5))
-    pts = [t for t in trials if t.usable and t.compression_ratio is not None]
-    front = pareto_front(pts)
-    ax.scatter([t.compression_ratio for t in pts], [t.accuracy for t in pts], color="lightgray",
-               edgecolor="gray", label="trials")  # fmt: skip
-    fr = sorted(front, key=lambda t: t.compression_ratio)
-    ax.plot(
-        [t.compression_ratio for t in fr],
-        [t.accuracy for t in fr],
-        "o-",
-        color="crimson",
-        label="Pareto front",
-    )
-    ax.set_xlabel("compression ratio (dense params / compressed params, ×)")
-    ax.set_ylabel("test accuracy after the last distortion (fraction)")
-    ax.set_title("Accuracy vs compression: the Pareto front")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    paths.append(_save(fig, out / "pareto_front.png"))
-    return paths
-
-
-def _save(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return path
-
-
 def run_analysis(
     ref: SweepRef, bins: int = 5, out_dir: str | None = None
-) -> tuple[Analysis, list[Trial], list[Path]]:
-    """Analyze the sweep and log e_opt, tables and plots to its parent run (``analysis/``)."""
+) -> tuple[Analysis, list[Path]]:
+    """Analyze the sweep; log e_opt (when supported), its range and group count, the tables,
+    the report and the plots to its parent run (``analysis/``); ``out_dir`` keeps a copy.
+
+    Metrics are logged at step = the number of trials analyzed, so analyses of a running
+    sweep form a history.
+    """
     from mlflow import MlflowClient
 
-    trials = load_trials(ref)
-    a = analyze(trials, bins=bins)
-    out = Path(out_dir or tempfile.mkdtemp(prefix="compsweep-analysis-"))
+    from sweeps.analysis_plots import plot_all
+    from sweeps.analysis_report import report_lines, write_tables
+
+    a = analyze(load_trials(ref), bins=bins)
+    keep = out_dir is not None
+    out = Path(out_dir) if keep else Path(tempfile.mkdtemp(prefix="compsweep-analysis-"))
     out.mkdir(parents=True, exist_ok=True)
-    files = write_tables(a, trials, out) + plot(a, trials, out)
+    report = out / "report.txt"
+    report.write_text("\n".join(report_lines(a, ref.sweep_id)) + "\n")
+    files = [report, *write_tables(a, out), *plot_all(a, out)]
     client = MlflowClient(ref.tracking_uri)
-    client.log_metric(ref.parent_run_id, "e_opt", a.e_opt)
-    client.log_metric(ref.parent_run_id, "analyzed_trials", a.used)
+    step = len(a.used)
+    metrics = {"e_opt_groups": len(a.usable_groups), "analyzed_trials": len(a.used)}
+    if a.centre is not None:
+        metrics.update(e_opt=a.e_opt, e_opt_low=a.e_opt_low, e_opt_high=a.e_opt_high)
+    for key, value in metrics.items():
+        client.log_metric(ref.parent_run_id, key, float(value), step=step)
     for f in files:
         client.log_artifact(ref.parent_run_id, str(f), "analysis")
-    return a, trials, files
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
+    return a, files if keep else []
 
 
 def best_configs(

@@ -1,55 +1,219 @@
-"""e_opt analysis on synthetic trial results where the answer is known by construction."""
+"""e_opt analysis on synthetic trials where the answer is known by construction
+(``tests/synthetic_trials.py``)."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
+from synthetic_trials import E_OPT, C, K, optimum_pnr, wd_trials
 
-from sweeps.analysis import Trial, analyze, group_by_strength, pareto_front
-
-E_OPT = 2e-4
-
-
-def synthetic_trials() -> list[Trial]:
-    """Three pruning rates; each with pNRs around its optimum. By construction the most
-    accurate trial of each rate has e_w/pNR = E_OPT, and e_w(rate) is known."""
-    trials = []
-    for rate, e_w in ((0.5, 0.002), (0.7, 0.01), (0.9, 0.05)):
-        best_pnr = e_w / E_OPT  # 10, 50, 250
-        for factor in (0.25, 0.5, 1.0, 2.0, 4.0):
-            pnr = best_pnr * factor
-            acc = 0.95 - 0.02 * abs(factor - 1.0) - 0.1 * rate
-            trials.append(Trial(f"r{rate}-x{factor}", "prune", {"pnr": pnr, "rate": rate, "lr": 0.05},
-                                acc, e_w, e_w / pnr, compression_ratio=1 / (1 - rate)))  # fmt: skip
-    return trials
+from sweeps.analysis import (
+    EDGE,
+    TOO_FEW,
+    USED,
+    Trial,
+    analyze,
+    fold_identical,
+    group_by_strength,
+    pareto_front,
+)
+from sweeps.eopt import locate_optimum, suggest_pnr
 
 
-def test_e_opt_regularization_error_and_suggested_pnr_match_construction():
-    a = analyze(synthetic_trials())
-    assert a.e_opt == pytest.approx(E_OPT)
-    assert len(a.groups) == 3 and a.used == 15 and not a.skipped
-    assert a.reg_error["r0.9-x1.0"] == pytest.approx(0.0, abs=1e-12)
-    assert a.reg_error["r0.5-x2.0"] == pytest.approx(abs(0.002 / 20 - E_OPT))
-    suggested = {label.split("rate=")[1]: v for label, v in a.suggested_pnr.items()}
-    assert suggested == pytest.approx({"0.5": 10.0, "0.7": 50.0, "0.9": 250.0})
-
-
-def test_missing_and_failed_trials_are_skipped_and_reported():
-    trials = synthetic_trials()
-    trials.append(
-        Trial("failed", "prune", {"pnr": 5, "rate": 0.5}, None, None, None, status="FAILED")
+def test_e_opt_with_an_edge_group_recovers_the_interior_optimum_and_lists_the_edge():
+    # θ = 1e-4, 1e-3, 1e-2: optima at pNR ≈ 2.4, 42, 750 (interior); θ = 0.1 at ≈ 13000:
+    # its best is the largest pNR tried, an edge that must not be averaged in.
+    a = analyze(wd_trials([1e-4, 1e-3, 1e-2, 1e-1]))
+    assert a.e_opt == pytest.approx(E_OPT, rel=0.10)
+    assert a.e_opt_low <= E_OPT <= a.e_opt_high
+    assert a.centre.groups == 3
+    by_theta = {g.group.strength[1][1]: g for g in a.groups}
+    assert [by_theta[t].status for t in (1e-4, 1e-3, 1e-2)] == [USED] * 3
+    edge = by_theta[0.1]
+    assert edge.status == EDGE and edge.best.pnr == 3000 and edge.best_pnr_text == "≥3000"
+    assert (
+        "best at the edge pNR=3000 (the largest tried): widen the pNR range upward" in edge.reason
     )
-    trials.append(
-        Trial("running", "prune", {"pnr": 5, "rate": 0.5}, 0.99, 0.1, 0.02, status="RUNNING")
+    assert edge.next_pnr == [9000, 27000]
+    assert "train longer" not in edge.reason  # the synthetic trials do not say how long they ran
+    for t in edge.group.trials:
+        t.steps = 12000
+    assert "a run of 12000 steps has fewer than 2 distortions at pNR 9000: train longer too" in (
+        analyze(edge.group.trials).groups[0].reason
     )
-    trials.append(Trial("nan", "prune", {"pnr": 5, "rate": 0.5}, float("nan"), 0.1, 0.02))
+    # Averaging the edge group's best in would have pulled e_opt far off.
+    biased = 10 ** ((3 * math.log10(a.e_opt) + edge.optimum.x) / 4)
+    assert abs(biased / E_OPT - 1) > 0.10
+
+
+def test_group_optima_come_from_the_curve_not_only_the_best_trial():
+    # Without noise the parabola through the best point and its neighbours is exact.
+    a = analyze(wd_trials([1e-3], noise=0.0))
+    g = a.groups[0]
+    assert g.optimum.e_w_per_pnr == pytest.approx(E_OPT, rel=1e-6)
+    assert g.optimum.how.startswith("quadratic fit")
+    best_trial_x = g.best.x
+    assert abs(best_trial_x - math.log10(E_OPT)) > 0.05  # the grid misses the optimum itself
+
+
+def test_locate_optimum_at_an_end_or_on_a_convex_curve_keeps_the_best_point():
+    end = locate_optimum([(0, 0.5), (1, 0.6), (2, 0.7)])
+    assert end.x == 2 and "end of the curve" in end.how
+    # Dense points (0.2 decade apart): a least-squares parabola over the best and two
+    # neighbours on each side, which here opens upward (noise): the best point's x stands.
+    ys = [0.1, 0.2, 0.89, 0.5, 0.9, 0.5, 0.89, 0.2, 0.1]
+    noisy = locate_optimum([(0.2 * i, y) for i, y in enumerate(ys)])
+    assert noisy.x == pytest.approx(0.8) and "do not bend down" in noisy.how
+    smooth = locate_optimum([(0.2 * i, -((0.2 * i - 0.9) ** 2)) for i in range(9)])
+    assert smooth.x == pytest.approx(0.9) and smooth.how == "quadratic fit over 5 points"
+    # two equal best points: the optimum lies between them
+    assert locate_optimum([(0, 0.5), (1, 0.7), (2, 0.7)]).x == pytest.approx(1.5)
+    # the vertex stays within half the distance to each neighbour
+    skewed = locate_optimum(
+        [(0, 0.0), (1, 0.1), (2, 0.9), (3, 0.95), (4, 0.94), (5, 0.1), (6, 0.0), (7, 0.0)]
+    )
+    assert 2.5 <= skewed.x <= 3.5
+
+
+@pytest.mark.parametrize("k", [0.0, 0.5])
+def test_suggested_pnr_recovers_a_known_power_law(k):
+    pnrs = [10, 30, 100, 300, 1000]
+    e_ws = [2e-4 * p**k for p in pnrs]
+    s = suggest_pnr(pnrs, e_ws, 1e-6)
+    expected = (2e-4 / 1e-6) ** (1 / (1 - k))  # 200 for k = 0, 40000 for k = 0.5
+    assert s.pnr == pytest.approx(expected, rel=1e-6)
+    assert s.k == pytest.approx(k, abs=1e-9)
+    assert s.extrapolated == (expected > 1000)
+
+
+def test_suggested_pnr_per_strength_through_analyze():
+    a = analyze(wd_trials([1e-4, 1e-3, 1e-2], noise=0.0))
+    for g in a.groups:
+        theta = g.group.strength[1][1]
+        # e_opt is recovered, so each strength's suggestion lands on its own optimum
+        assert g.suggestion.pnr == pytest.approx(optimum_pnr(theta), rel=0.05)
+        assert g.suggestion.k == pytest.approx(K, abs=1e-6)
+    assert [g.suggestion.extrapolated for g in a.groups] == [False, False, False]
+
+
+def test_a_strength_tried_at_one_pnr_is_labelled_extrapolated():
+    trials = wd_trials([1e-3]) + wd_trials([1e-2], pnrs=[100])
     a = analyze(trials)
-    assert sorted(a.skipped) == ["failed", "nan", "running"]
-    assert a.e_opt == pytest.approx(E_OPT)
+    single = next(g for g in a.groups if g.group.strength[1][1] == 1e-2)
+    assert single.status == TOO_FEW
+    assert "only 1 distinct pNR (100)" in single.reason
+    s = single.suggestion
+    assert s.extrapolated and s.k is None and "one pNR tried" in s.note
+    assert s.pnr == pytest.approx(C * 1e-2 * 100**K / a.e_opt)  # e_w assumed independent of pNR
+    assert s.text().endswith("(extrapolated)")
 
 
-def test_no_usable_trial_is_a_clear_error():
-    with pytest.raises(ValueError, match="no finished trial"):
-        analyze([Trial("f", "prune", {"pnr": 1, "rate": 0.5}, None, None, None, status="FAILED")])
+def test_suggestion_below_one_is_clamped_and_faster_than_pnr_growth_has_none():
+    s = suggest_pnr([1, 10, 100], [1e-7, 1e-7, 1e-7], 1e-6)
+    assert s.pnr == 1.0 and "clamped to 1" in s.note and s.extrapolated
+    s = suggest_pnr([1, 10, 100], [1e-6, 1e-5, 1e-4], 1e-6)
+    assert s.pnr is None and "grows as fast as pNR" in s.note
+
+
+def test_no_interior_group_says_it_cannot_support_an_e_opt_and_what_to_run():
+    # Every θ's optimum lies beyond the tried pNR, and one θ has two pNR only.
+    trials = wd_trials([1e-1], pnrs=[1, 10, 100, 1000]) + wd_trials([1e-2], pnrs=[10, 100])
+    a = analyze(trials)
+    assert a.centre is None and a.e_opt is None and a.reg_error == {}
+    assert all(g.suggestion is None for g in a.groups)
+    text = "\n".join(a.cannot_support())
+    assert "cannot support an e_opt" in text and "Run next" in text
+    assert "theta=0.1: tried pNR 1, 10, 100, 1000; add pNR 10000, 100000" in text
+    assert "theta=0.01: tried pNR 10, 100; add pNR 1000" in text
+
+
+def test_best_at_pnr_1_asks_for_a_stronger_setting():
+    a = analyze(wd_trials([1e-6], pnrs=[1, 10, 100]))
+    g = a.groups[0]
+    assert g.status == EDGE and "smallest possible" in g.reason and "stronger" in g.reason
+
+
+def test_regularization_error_is_signed_log_distance():
+    a = analyze(wd_trials([1e-4, 1e-3, 1e-2]))
+    for t in a.used:
+        assert a.reg_error[t.trial_id] == pytest.approx(math.log10(t.mean_e_w_per_pnr / a.e_opt))
+    assert min(a.reg_error.values()) < -1 and max(a.reg_error.values()) > 1  # both sides
+
+
+def test_bootstrap_range_is_reproducible():
+    a, b = analyze(wd_trials([1e-4, 1e-3])), analyze(wd_trials([1e-4, 1e-3]))
+    assert (a.e_opt_low, a.e_opt_high) == (b.e_opt_low, b.e_opt_high)
+    assert a.e_opt_low < a.e_opt < a.e_opt_high
+
+
+def test_trials_that_did_not_finish_cleanly_are_skipped_with_their_reason():
+    base = {"pnr": 10, "lr": 0.001, "theta": 1e-3}
+    bad = [
+        Trial("fail", "weight_decay", base, None, None, None, status="FAILED"),
+        Trial(
+            "div",
+            "weight_decay",
+            base,
+            0.1,
+            1e-4,
+            1e-5,
+            status="FAILED",
+            outcome="diverged",
+            outcome_reason="non-finite loss at step 40",
+        ),  # fmt: skip
+        Trial("stop", "weight_decay", base, 0.8, 1e-4, 1e-5, status="KILLED", outcome="stopped"),
+        Trial("run", "weight_decay", base, 0.95, 1e-4, 1e-5, status="RUNNING"),
+        Trial("noval", "weight_decay", base, None, 1e-4, 1e-5, test_accuracy=0.99),
+        Trial("nan", "weight_decay", base, float("nan"), 1e-4, 1e-5),
+        Trial("zero", "weight_decay", base, 0.9, 0.0, 0.0),
+    ]
+    a = analyze(wd_trials([1e-4, 1e-3]) + bad)
+    reasons = {t.trial_id: why for t, why in a.skipped}
+    assert reasons == {
+        "fail": "failed",
+        "div": "diverged: non-finite loss at step 40",
+        "stop": "stopped early by the scheduler",
+        "run": "still running",
+        "noval": "missing metric(s): val_accuracy",
+        "nan": "non-finite metric(s): val_accuracy",
+        "zero": "no weight change (e_w = 0): nothing to place on the log(e_w/pNR) axis",
+    }
+    assert a.e_opt == pytest.approx(E_OPT, rel=0.10)
+
+
+def test_test_accuracy_never_selects():
+    trials = wd_trials([1e-3], noise=0.0)
+    worst = min(trials, key=lambda t: t.val_accuracy)
+    worst.test_accuracy = 1.0
+    a = analyze(trials)
+    assert a.groups[0].best.trials[0] is not worst
+
+
+def test_identical_configurations_are_folded_and_counted():
+    trials = wd_trials([1e-4, 1e-3])
+    again = [Trial(t.trial_id + "-again", t.method, dict(t.knobs), t.val_accuracy, t.mean_e_w,
+                   t.mean_e_w_per_pnr, t.test_accuracy, seed=t.seed) for t in trials[:4]]  # fmt: skip
+    replicate_acc = trials[0].val_accuracy + 0.002
+    other_seed = Trial("seed1", "weight_decay", dict(trials[0].knobs), replicate_acc, trials[0].mean_e_w,
+                       trials[0].mean_e_w_per_pnr, seed=1)  # fmt: skip
+    a = analyze(trials + again + [other_seed])
+    assert a.folded == 4 and len(a.used) == len(trials) + 1
+    first = next(t for t in a.used if t.trial_id == trials[0].trial_id)
+    assert first.folded == [trials[0].trial_id + "-again"]
+    # another seed is a replicate, not a duplicate: it is averaged into the same curve point
+    g = next(g for g in a.groups if g.group.strength[1][1] == 1e-4)
+    point = next(p for p in g.points if p.pnr == 1)
+    assert len(point.trials) == 2
+    assert point.val_accuracy == pytest.approx(trials[0].val_accuracy + 0.001)
+    assert a.e_opt == pytest.approx(analyze(trials).e_opt, rel=0.10)
+
+
+def test_folding_averages_differing_duplicates():
+    t = Trial("a", "prune", {"pnr": 5, "rate": 0.5}, 0.8, 1e-3, 2e-4, seed=0)
+    u = Trial("b", "prune", {"pnr": 5, "rate": 0.5}, 0.9, 1e-3, 2e-4, seed=0)
+    (f,) = fold_identical([t, u])
+    assert f.trial_id == "a" and f.folded == ["b"] and f.val_accuracy == pytest.approx(0.85)
 
 
 def test_continuous_strengths_are_binned():
@@ -69,7 +233,8 @@ def test_methods_never_share_a_group():
     assert len(group_by_strength(trials)) == 2
 
 
-def test_pareto_front():
-    trials = [Trial("a", "p", {}, 0.9, 1, 1, compression_ratio=2.0), Trial("b", "p", {}, 0.8, 1, 1, compression_ratio=5.0),
-              Trial("c", "p", {}, 0.7, 1, 1, compression_ratio=4.0), Trial("d", "p", {}, 0.9, 1, 1, compression_ratio=1.5)]  # fmt: skip
+def test_pareto_front_ranks_on_validation_accuracy():
+    trials = [Trial("a", "p", {"pnr": 1}, 0.9, 1, 1, compression_ratio=2.0), Trial("b", "p", {"pnr": 1}, 0.8, 1, 1, compression_ratio=5.0),
+              Trial("c", "p", {"pnr": 1}, 0.7, 1, 1, compression_ratio=4.0), Trial("d", "p", {"pnr": 1}, 0.9, 1, 1, compression_ratio=1.5),
+              Trial("e", "p", {"pnr": 1}, 0.6, 1, 1, test_accuracy=1.0, compression_ratio=9.0, status="FAILED")]  # fmt: skip
     assert [t.trial_id for t in pareto_front(trials)] == ["a", "b"]

@@ -61,9 +61,9 @@ def test_strict_set_values_refuse_unclosed_yaml_and_keep_plain_text():
 
 
 def test_knob_values_read_back_from_mlflow_are_numbers():
-    from sweeps.results import _value
+    from sweeps.results import knob_value
 
-    assert [_value(t) for t in ("1e-05", "1E5", ".5", "37", "prune")] == [
+    assert [knob_value(t) for t in ("1e-05", "1E5", ".5", "37", "prune")] == [
         1e-05,
         1e5,
         0.5,

@@ -1,0 +1,182 @@
+"""The numbers behind e_opt: a group's optimum, the centre of several and its range, and the
+pNR that puts a strength at e_opt. Pure functions on plain numbers (numpy only).
+
+Coordinates: ``x = log10(e_w / pNR)`` (the weight change per mini-batch spans decades, so all
+locating and averaging happens in log space) and ``y`` = validation accuracy.
+
+* :func:`locate_optimum` — the x of a group's accuracy optimum: the best point, refined by a
+  quadratic through it and its neighbours in x. On a sparse curve (a grid) that is one
+  neighbour on each side: an exact parabola. Where two neighbours on each side lie within one
+  decade of e_w/pNR (dense, e.g. random search) it is a least-squares fit over those five,
+  which smooths the noise without reaching far along a curve that is not a parabola. The
+  vertex is used only when the parabola opens downward, and is kept within half the distance
+  to each neighbour: the measured best is nearer the optimum than its neighbours are. At an
+  end of the curve there is nothing to fit on one side: the best point's x is returned.
+* :func:`centre_and_range` — ``e_opt`` as the mean of the groups' optima in log space (their
+  geometric mean), with a 95% percentile bootstrap over trials (each group's trials resampled
+  with replacement, its optimum located again) and the spread of the groups' optima.
+* :func:`suggest_pnr` — fit ``log e_w = a + k·log pNR`` over a group's trials (for weight
+  decay e_w grows with pNR: the weights drift further between events), solve
+  ``e_w(pNR) / pNR = e_opt``, clamp to ≥ 1, and say when it extrapolates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+BOOTSTRAP_SAMPLES = 1000
+BOOTSTRAP_SEED = 0
+DENSE_SPAN = 1.0  # decades of e_w/pNR within which two neighbours per side count as dense
+
+# A point on a group's curve: (x = log10 e_w/pNR, y = validation accuracy).
+XY = tuple[float, float]
+
+
+@dataclass(frozen=True)
+class Optimum:
+    x: float  # log10 of the optimum's e_w/pNR
+    how: str  # "quadratic fit over N points" or why the best point's x is used as it is
+
+    @property
+    def e_w_per_pnr(self) -> float:
+        return 10**self.x
+
+
+def locate_optimum(points: Sequence[XY]) -> Optimum:
+    """The optimum's x on one group's accuracy-vs-log(e_w/pNR) curve (see the module doc)."""
+    if not points:
+        raise ValueError("locate_optimum needs at least one point")
+    pts = sorted(points)
+    xs = np.array([p[0] for p in pts])
+    ys = np.array([p[1] for p in pts])
+    i = int(np.argmax(ys))
+    if len(pts) < 3:
+        return Optimum(float(xs[i]), "best point (fewer than 3 points)")
+    if i == 0 or i == len(pts) - 1:
+        return Optimum(float(xs[i]), "best point (at an end of the curve)")
+    dense = i >= 2 and i + 2 < len(pts) and xs[i + 2] - xs[i - 2] <= DENSE_SPAN
+    lo, hi = (i - 2, i + 3) if dense else (i - 1, i + 2)
+    wx, wy = xs[lo:hi], ys[lo:hi]
+    if len(set(wx.tolist())) < 3:
+        return Optimum(float(xs[i]), "best point (neighbours at the same x)")
+    a, b, _ = np.polyfit(wx, wy, 2)
+    if not a < 0:
+        return Optimum(float(xs[i]), "best point (the neighbours do not bend down)")
+    vertex = -b / (2 * a)
+    cell = ((xs[i - 1] + xs[i]) / 2, (xs[i] + xs[i + 1]) / 2)
+    return Optimum(
+        float(min(max(vertex, cell[0]), cell[1])), f"quadratic fit over {hi - lo} points"
+    )
+
+
+@dataclass(frozen=True)
+class Centre:
+    """e_opt in log10, with its bootstrap interval and the spread of the groups' optima."""
+
+    x: float
+    boot_low: float
+    boot_high: float
+    spread_low: float
+    spread_high: float
+    groups: int
+
+    @property
+    def low(self) -> float:
+        """The range's lower end: the wider of the bootstrap interval and the groups' spread."""
+        return min(self.boot_low, self.spread_low)
+
+    @property
+    def high(self) -> float:
+        return max(self.boot_high, self.spread_high)
+
+
+def centre_and_range(
+    groups: Sequence[Sequence[object]],
+    curve: Callable[[Sequence[object]], list[XY]],
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> Centre:
+    """e_opt from usable groups: the mean of their optima's x, with a stratified bootstrap.
+
+    Args:
+        groups: each group's trials (any objects; resampled as they are).
+        curve: turns a list of a group's trials into its curve points, so that replicates
+            (same configuration, another seed) are averaged the same way in every resample.
+        samples: bootstrap resamples.
+        seed: the bootstrap's random seed (the range is reproducible).
+    """
+    if not groups:
+        raise ValueError("centre_and_range needs at least one group")
+    optima = [locate_optimum(curve(list(g))).x for g in groups]
+    rng = np.random.default_rng(seed)
+    centres = np.empty(samples)
+    for s in range(samples):
+        xs = []
+        for g in groups:
+            picks = rng.integers(0, len(g), len(g))
+            xs.append(locate_optimum(curve([g[j] for j in picks])).x)
+        centres[s] = np.mean(xs)
+    boot_low, boot_high = np.percentile(centres, [2.5, 97.5])
+    return Centre(float(np.mean(optima)), float(boot_low), float(boot_high),
+                  min(optima), max(optima), len(groups))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """The pNR that puts a strength at e_opt, and how much to trust it."""
+
+    pnr: float | None  # None: no pNR reaches e_opt (see note)
+    extrapolated: bool
+    k: float | None  # fitted exponent of e_w ∝ pNR^k (None: one pNR tried, k = 0 assumed)
+    note: str  # "" when it lies inside the tried range with a fitted slope
+
+    def text(self) -> str:
+        if self.pnr is None:
+            return "none"
+        # Two significant digits: the fit is not more precise than that.
+        return f"{float(f'{self.pnr:.2g}'):g}" + (" (extrapolated)" if self.extrapolated else "")
+
+
+def suggest_pnr(pnrs: Sequence[float], e_ws: Sequence[float], e_opt: float) -> Suggestion:
+    """Solve ``e_w(pNR) / pNR = e_opt`` with ``e_w(pNR) = c·pNR^k`` fitted over the trials.
+
+    Args:
+        pnrs: each trial's pNR.
+        e_ws: each trial's mean e_w per event (> 0).
+        e_opt: the target weight change per mini-batch (> 0).
+    """
+    if not pnrs or len(pnrs) != len(e_ws):
+        raise ValueError("suggest_pnr needs one e_w per pNR, and at least one")
+    if not e_opt > 0:
+        raise ValueError(f"e_opt must be > 0, got {e_opt}")
+    lp = np.log10(np.asarray(pnrs, dtype=float))
+    le = np.log10(np.asarray(e_ws, dtype=float))
+    lo, hi = float(lp.min()), float(lp.max())
+    if len(set(lp.tolist())) < 2:
+        k, a = None, float(le.mean())
+        note = "one pNR tried: e_w assumed independent of pNR"
+    else:
+        slope, a = np.polyfit(lp, le, 1)
+        k, a, note = float(slope), float(a), ""
+    if k is not None and k >= 1 - 1e-6:
+        return Suggestion(None, False, k, f"e_w grows as fast as pNR or faster (k = {k:.2f}): "
+                          "no pNR brings e_w/pNR to e_opt")  # fmt: skip
+    logp = (a - math.log10(e_opt)) / (1 - (k or 0.0))
+    pnr = 10**logp
+    if pnr < 1:
+        note = _join(note, f"clamped to 1 (the fit gives {pnr:.2g}): even pNR = 1 changes the "
+                     "weights less than e_opt per step; use a stronger setting")  # fmt: skip
+        pnr = 1.0
+    tol = 1e-9
+    outside = logp < lo - tol or logp > hi + tol
+    if k is not None and outside:
+        note = _join(note, f"outside the tried pNR {10**lo:.4g}–{10**hi:.4g}")
+    return Suggestion(float(pnr), k is None or outside, k, note)
+
+
+def _join(a: str, b: str) -> str:
+    return f"{a}; {b}" if a else b
