@@ -14,8 +14,13 @@ narrows or fixes its knobs without Python::
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, Field
+
+from trainers.validation import Problem, Section, did_you_mean, shown, validate
 
 # name -> "module:function"; imported lazily. A new method is one function plus one line here.
 SPACES: dict[str, str] = {
@@ -75,9 +80,17 @@ class NarrowedTrial:
             return o
         if kind == "choices":
             return self._trial.suggest_categorical(name, o)
-        if kind == "range":
-            low, high = o.get("low", low), o.get("high", high)
-            step, log = o.get("step", step), o.get("log", log)
+        if kind == "range":  # an end left out (or null) keeps the space's
+            low = low if o.get("low") is None else o["low"]
+            high = high if o.get("high") is None else o["high"]
+            step = step if o.get("step") is None else o["step"]
+            log = log if o.get("log") is None else o["log"]
+            if suggest == getattr(self._trial, "suggest_int", None):
+                # 1e3 is a float to YAML; an integer knob takes it as the integer it is.
+                low, high, step = (
+                    int(v) if isinstance(v, float) and v.is_integer() else v
+                    for v in (low, high, step)
+                )
         return suggest(name, low, high, step=step, log=log)
 
     def suggest_float(
@@ -167,7 +180,9 @@ def branches(
     while pending:
         pick = pending.pop()
         knobs = record(name, overrides, pick)
-        key = tuple(sorted((k, str(v)) for k, v in knobs.items()))
+        # A branch is a set of knobs: values of a categorical that ask for the same knobs are
+        # one branch (their values are checked as its choices), so this stays small for grids.
+        key = tuple(sorted((k, d["kind"]) for k, d in knobs.items()))
         if key in seen:
             continue
         seen.add(key)
@@ -179,40 +194,180 @@ def branches(
     return found
 
 
+def _scalar(value: Any) -> Any:
+    if value is not None and not isinstance(value, str | int | float | bool):
+        raise ValueError(f"a choice is a number, text, true/false or null, got {shown(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value}")
+    return value
+
+
+class RangeOverride(Section):
+    """A narrower (or wider) range of a numeric knob; unset ends keep the space's."""
+
+    low: float | None = Field(None, description="lowest value searched")
+    high: float | None = Field(None, description="highest value searched")
+    log: bool | None = Field(None, description="search on a log scale")
+    step: float | None = Field(None, gt=0, description="spacing of the values searched")
+
+
+class ChoicesOverride(Section):
+    """The values a knob takes (a categorical choice, or a grid's values)."""
+
+    choices: list[Annotated[Any, AfterValidator(_scalar)]] = Field(min_length=1)
+
+
+def _declared_knobs(name: str) -> dict[str, dict[str, Any]]:
+    """Every knob space ``name`` can ask for, over all its branches, as first declared."""
+    knobs: dict[str, dict[str, Any]] = {}
+    for b in branches(name):
+        for k, d in b.items():
+            knobs.setdefault(k, d)
+    return knobs
+
+
+def override_problems(
+    name: str, overrides: Mapping[str, Any], where: str = "space.overrides"
+) -> list[Problem]:
+    """Problems with a spec's overrides of space ``name``: unknown knobs, malformed ranges or
+    choices (wrong types, NaN, low > high, a log range from 0), a range for a categorical knob,
+    and values the space itself refuses."""
+    declared = _declared_knobs(name)
+    problems: list[Problem] = []
+    for knob, o in overrides.items():
+        path = f"{where}.{knob}"
+        if knob not in declared:
+            problems.append(
+                Problem(
+                    path,
+                    f"space {name!r} has no knob {str(knob)!r}{did_you_mean(knob, declared)}; "
+                    f"its knobs: {', '.join(sorted(declared))}",
+                )
+            )
+            continue
+        if isinstance(o, Mapping) and "choices" in o:
+            problems += validate(ChoicesOverride, o, path)[1]
+        elif isinstance(o, Mapping):
+            bad = [str(k) for k in o if k not in RangeOverride.model_fields]
+            if bad:
+                problems.append(
+                    Problem(
+                        path, f"unknown key(s) {sorted(bad)}; use low/high/log/step, or choices"
+                    )
+                )
+                continue
+            found = validate(RangeOverride, o, path)[1]
+            if not found and declared[knob]["kind"] == "categorical":
+                found = [
+                    Problem(
+                        path,
+                        f"{knob} is a choice among {declared[knob]['choices']}, not a range; "
+                        "give choices: [...] or one value",
+                    )
+                ]
+            problems += found
+        elif isinstance(o, list):
+            if not o:
+                problems.append(Problem(path, "an empty list of choices"))
+            problems += validate(ChoicesOverride, {"choices": o}, path)[1] if o else []
+        else:
+            try:
+                _scalar(o)
+            except ValueError as e:
+                problems.append(Problem(path, str(e)))
+    # The effective ranges of the overrides that are well formed (a space default may still
+    # contradict a new end: low 1 kept, high 0 given).
+    bad = {p.path.removeprefix(f"{where}.").split(".")[0] for p in problems}
+    sound = {k: o for k, o in overrides.items() if str(k) not in bad}
+    try:
+        narrowed = branches(name, sound)
+    except Exception as e:  # e.g. a branch-choosing value the space does not know
+        return [*problems, Problem(where, f"space {name!r} cannot take these overrides: {e}")]
+    for b in narrowed:
+        for knob, d in b.items():
+            problems += _range_problems(knob, d, f"{where}.{knob}")
+    return list(dict.fromkeys(problems))
+
+
+def _range_problems(knob: str, d: Mapping[str, Any], path: str) -> list[Problem]:
+    """Problems of an effective (overridden) range that Optuna would refuse."""
+    if d["kind"] not in ("int", "float"):
+        return []
+    lo, hi, log, step = d["low"], d["high"], d["log"], d["step"]
+    if d["kind"] == "int":
+        for end, v in (("low", lo), ("high", hi), ("step", step)):
+            if v is not None and not float(v).is_integer():
+                return [Problem(f"{path}.{end}", f"{knob} is an integer knob; got {v}")]
+    if lo > hi:
+        return [Problem(path, f"low {lo} must not exceed high {hi}")]
+    if log and lo <= 0:
+        return [Problem(f"{path}.low", f"a log range needs low > 0, got {lo}")]
+    if log and step not in (None, 1):
+        return [Problem(path, f"a log range takes no step (got step {step}); drop one of them")]
+    return []
+
+
 def check_overrides(
     name: str, overrides: Mapping[str, Any], where: str = "space.overrides"
 ) -> list[str]:
-    """Problems with a spec's overrides of space ``name`` (unknown knobs, malformed ranges)."""
-    try:
-        get_space(name)
-    except ValueError as e:
-        return [f"space.name: {e}"]
-    knobs: set[str] = set()
-    for b in branches(name):
-        knobs |= set(b)
-    problems = []
-    for knob, o in overrides.items():
-        path = f"{where}.{knob}"
-        if knob not in knobs:
-            problems.append(
-                f"{path}: space {name!r} has no knob {knob!r}; its knobs: {', '.join(sorted(knobs))}"
-            )
-            continue
-        if isinstance(o, Mapping):
-            bad = set(o) - RANGE_KEYS
-            if bad:
-                problems.append(
-                    f"{path}: unknown key(s) {sorted(bad)}; use low/high/log/step, or choices"
+    """Problems with a spec's overrides of space ``name``, one line each (see
+    :func:`override_problems`); an unknown space name is one too."""
+    if name not in SPACES:
+        return [
+            str(
+                Problem(
+                    "space.name",
+                    f"unknown search space {name!r}{did_you_mean(name, SPACES)}; valid: {', '.join(SPACES)}",
                 )
-            elif "choices" in o and (not isinstance(o["choices"], list) or not o["choices"]):
-                problems.append(f"{path}.choices: must be a non-empty list")
-            elif "low" in o and "high" in o and not o["low"] <= o["high"]:
-                problems.append(f"{path}: low {o['low']} must not exceed high {o['high']}")
-            elif o.get("log") and o.get("low", 1) <= 0:
-                problems.append(f"{path}.low: a log range needs low > 0, got {o.get('low')}")
-        elif isinstance(o, list) and not o:
-            problems.append(f"{path}: an empty list of choices")
-    return problems
+            )
+        ]
+    return [str(p) for p in override_problems(name, overrides, where)]
+
+
+def grid_space(
+    name: str, overrides: Mapping[str, Any], where: str = "space.overrides"
+) -> tuple[dict[str, list[Any]], list[Problem]]:
+    """The grid of space ``name`` narrowed by ``overrides``: ``{knob: its values}`` over the
+    searched knobs (fixed ones are not searched), and the problems that make it no grid: a
+    knob searched over a range, several branches of a conditional space, a repeated value."""
+    found = branches(name, overrides)
+    if len(found) > 1:
+        first = found[0]
+        choosers = [
+            k
+            for k, d in first.items()
+            if d["kind"] == "categorical"
+            and any(b.get(k, {}).get("taken") != d["taken"] for b in found[1:])
+        ] or [k for k, d in first.items() if d["kind"] == "categorical"]
+        knob = choosers[0] if choosers else "the branch-choosing knob"
+        values = first.get(knob, {}).get("choices", [])
+        return {}, [
+            Problem(
+                f"{where}.{knob}",
+                f"space {name!r} is conditional: {knob} ({', '.join(map(str, values))}) chooses "
+                f"between branches with different knobs, which one grid cannot hold; fix it "
+                f"(e.g. {knob}: {values[0] if values else '...'}) and run one grid per value",
+            )
+        ]
+    grid: dict[str, list[Any]] = {}
+    problems = []
+    for knob, d in (found[0] if found else {}).items():
+        if d["kind"] == "categorical":
+            grid[knob] = list(d["choices"])
+            if len(set(map(repr, d["choices"]))) < len(d["choices"]):
+                problems.append(
+                    Problem(f"{where}.{knob}", "a grid's choices must not repeat a value")
+                )
+        elif d["kind"] != "fixed":
+            scale = " (log)" if d.get("log") else ""
+            problems.append(
+                Problem(
+                    f"{where}.{knob}",
+                    f"searched over [{d['low']}, {d['high']}]{scale}; give choices: [...] for a "
+                    "grid (or one fixed value)",
+                )
+            )
+    return grid, problems
 
 
 def extreme_values(knob: Mapping[str, Any]) -> list[Any]:
@@ -226,10 +381,14 @@ def extreme_values(knob: Mapping[str, Any]) -> list[Any]:
 
 __all__ = [
     "SPACES",
+    "ChoicesOverride",
     "NarrowedTrial",
+    "RangeOverride",
     "branches",
     "check_overrides",
     "define_by_run",
     "extreme_values",
     "get_space",
+    "grid_space",
+    "override_problems",
 ]

@@ -21,4 +21,6 @@ BRANCHES = {
 
 def mixed(trial: Any) -> None:
     method = trial.suggest_categorical("method", list(BRANCHES))
+    if method not in BRANCHES:  # a spec's choices or fixed value outside the branches
+        raise ValueError(f"method {method!r} is not one of its branches: {', '.join(BRANCHES)}")
     BRANCHES[method](trial)

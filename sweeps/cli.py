@@ -1,51 +1,65 @@
-"""The ``compsweep`` command line."""
+"""The ``compsweep`` command line.
+
+Bad input to any command (files, ``--set`` lines, spec and config fields, paths) ends in one
+line per problem on stderr and exit code 2; ``--debug`` adds the traceback.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from trainers import yamlio
+from trainers.validation import ConfigError, Problem, shown
 
-def _parse_override(text: str) -> tuple[str, Any]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(
-            f"--set takes KEY=VALUE (e.g. optim.lr=0.01), got {text!r}"
-        )
-    key, value = text.split("=", 1)
-    return key, yaml.safe_load(value)  # YAML typing: 0.1 -> float, true -> bool, [1,2] -> list
+EXIT_BAD_INPUT = 2
+
+
+def _set_lines(lines: list[str] | None) -> tuple[list[tuple[str, Any]], list[Problem]]:
+    """``--set KEY=VALUE`` lines as (dotted key, value) pairs; values read as YAML (``1e-3`` is a
+    number), one problem per line that is no ``KEY=VALUE`` or holds broken YAML."""
+    pairs, problems = [], []
+    for text in lines or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            problems.append(
+                Problem("--set", f"{shown(text)}: give KEY=VALUE, e.g. --set optim.lr=0.01")
+            )
+            continue
+        try:
+            pairs.append((key.strip(), yamlio.parse_scalar(value, strict=True)))
+        except yamlio.YamlError as e:
+            problems.append(Problem(f"--set {key.strip()}", str(e)))
+    return pairs, problems
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from trainers.callbacks import ConsoleProgress
-    from trainers.config import ConfigError, load_train_config
     from trainers.loop import Trainer, TrainingDiverged
 
-    overrides = dict(args.set or [])
+    overrides, problems = _set_lines(args.set)
     if args.epochs is not None:
-        overrides["run.epochs"] = args.epochs
-        overrides["run.steps"] = None
+        overrides += [("run.epochs", args.epochs), ("run.steps", None)]
     if args.steps is not None:
-        overrides["run.steps"] = args.steps
-        overrides["run.epochs"] = None
-    try:
-        is_best = "configs" in (yaml.safe_load(Path(args.config).read_text()) or {})
-    except (OSError, yaml.YAMLError):
-        is_best = False
-    if is_best or args.tracking_uri or args.register:
-        return _train_final(args, overrides)
-    try:
-        cfg = load_train_config(args.config, overrides)
-        trainer = Trainer(cfg, callbacks=[ConsoleProgress()])
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        overrides += [("run.steps", args.steps), ("run.epochs", None)]
+    source = args.config
+    data = _read_config(source, problems)
+    if "configs" in data or args.tracking_uri or args.register:
+        return _train_final(args, overrides, problems)
+    cfg = _checked_config(data, overrides, problems, source, args.checkpoint, args.save)
+    if args.check:
+        print(f"{source}: valid")
+        return 0
+    trainer = Trainer(cfg, callbacks=[ConsoleProgress()])
     ckpt = Path(args.checkpoint) if args.checkpoint else None
     if ckpt and ckpt.exists():
-        trainer.load_checkpoint(str(ckpt))
+        _resume(trainer, ckpt)
         print(f"resumed from {ckpt} at step {trainer.step}/{trainer.total_steps}")
     if ckpt:
         trainer.callbacks.append(_checkpoint_each_evaluation(ckpt))
@@ -62,17 +76,122 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train_final(args: argparse.Namespace, overrides: dict[str, Any]) -> int:
-    from sweeps.final import train_final
-    from trainers.config import ConfigError
-    from trainers.loop import TrainingDiverged
+def _read_config(path: str, problems: list[Problem]) -> dict[str, Any]:
+    """The mapping in a training config or `compsweep best` file (with ``problems`` so far)."""
+    from trainers.config import TrainConfig, read_mapping
 
     try:
-        out = train_final(args.config, index=args.index, overrides=overrides,
+        return read_mapping(path, "training config", TrainConfig.model_fields)
+    except ConfigError as e:
+        raise ConfigError([*problems, *e.problems], path) from None
+
+
+def _checked_config(
+    data: dict[str, Any],
+    overrides: list[tuple[str, Any]],
+    problems: list[Problem],
+    source: str,
+    checkpoint: str | None,
+    save: str | None = None,
+):
+    """The validated training config: both passes, the output paths and the device, every
+    problem at once."""
+    from trainers.config import apply_overrides, validate_train
+    from trainers.model_checks import model_problems
+
+    problems = problems + apply_overrides(data, overrides)
+    cfg, sections, found = validate_train(data)
+    problems += found + model_problems(sections)
+    if checkpoint:
+        problems += _output_path_problems(Path(checkpoint), "--checkpoint")
+    if save:
+        problems += _output_path_problems(Path(save), "--save")
+    run = sections.get("run")
+    if run is not None and run.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append(
+                Problem(
+                    "run.device", f"{run.device}: this machine has no CUDA GPU; use auto or cpu"
+                )
+            )
+    if problems or cfg is None:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _output_path_problems(path: Path, flag: str) -> list[Problem]:
+    """A file written during or after training (a checkpoint at every evaluation, --save at
+    the end): its folder must exist and be writable before a long run starts, not at the
+    first save."""
+    where = f"{flag} {path}"
+    if path.is_dir():
+        return [Problem(where, "is a folder; give a file path, e.g. run.pt")]
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return [Problem(where, "cannot be read and rewritten (permissions)")]
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        return [Problem(where, f"folder {folder} does not exist; create it or choose another")]
+    if not folder.is_dir():
+        return [Problem(where, f"{folder} is a file, not a folder")]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [Problem(where, f"cannot write in {folder}")]
+    return []
+
+
+def _resume(trainer: Any, path: Path) -> None:
+    """Load a checkpoint into ``trainer``; a file that is no checkpoint of this config is bad
+    input, said in one line."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location=trainer.device, weights_only=False)
+    except Exception as e:
+        raise ConfigError(
+            [
+                f"not a checkpoint: torch cannot read it ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+            ],
+            f"--checkpoint {path}",
+        ) from None
+    needed = {"version", "model", "optimizer", "progress"}
+    if not isinstance(state, dict) or not needed <= set(state):
+        raise ConfigError(
+            ["not a training checkpoint (a --save file or another program's?)"],
+            f"--checkpoint {path}",
+        )
+    try:
+        trainer.load_state_dict(state)
+    except Exception as e:
+        raise ConfigError(
+            [f"does not fit this config ({type(e).__name__}: {' '.join(str(e).split())[:200]})"],
+            f"--checkpoint {path}",
+        ) from None
+
+
+def _train_final(
+    args: argparse.Namespace, overrides: list[tuple[str, Any]], problems: list[Problem]
+) -> int:
+    from sweeps.final import read_best, train_final
+    from sweeps.spec import tracking_uri_problem
+    from trainers.loop import TrainingDiverged
+
+    if args.tracking_uri and tracking_uri_problem(args.tracking_uri):
+        problems = [*problems, Problem("--tracking-uri", tracking_uri_problem(args.tracking_uri))]
+    try:
+        data, _ = read_best(args.config, args.index)
+    except ConfigError as e:
+        raise ConfigError([*problems, *e.problems], args.config) from None
+    _checked_config(data, overrides, problems, args.config, None)
+    if args.check:
+        print(f"{args.config}: valid")
+        return 0
+    try:
+        out = train_final(args.config, index=args.index, overrides=dict(overrides),
                           tracking_uri=args.tracking_uri, register=args.register)  # fmt: skip
-    except (ConfigError, FileNotFoundError) as e:
+    except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_INPUT
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -96,6 +215,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from sweeps.analysis_report import report_lines
     from sweeps.results import resolve_sweep, run_analysis
 
+    _check_tracking_uri_arg(args.tracking_uri)
     if args.bins < 1:
         print(f"error: --bins must be >= 1, got {args.bins}", file=sys.stderr)
         return 2
@@ -117,6 +237,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     from sweeps.results import best_configs, resolve_sweep, write_best
     from trainers.metrics import format_metrics
 
+    _check_tracking_uri_arg(args.tracking_uri)
     try:
         ref = resolve_sweep(args.sweep, args.tracking_uri)
         best = best_configs(ref, top=args.top, pareto=args.pareto, metric=args.metric)
@@ -143,6 +264,14 @@ def cmd_best(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_tracking_uri_arg(uri: str | None) -> None:
+    from sweeps.spec import tracking_uri_problem
+
+    problem = tracking_uri_problem(uri) if uri is not None else None
+    if problem:
+        raise ConfigError([problem], f"--tracking-uri {uri}")
+
+
 def _checkpoint_each_evaluation(path: Path):
     """A callback saving the full training state after every evaluation, atomically (a crash
     mid-write leaves the previous checkpoint intact)."""
@@ -157,34 +286,28 @@ def _checkpoint_each_evaluation(path: Path):
     return CheckpointEachEvaluation()
 
 
-def _load_spec_or_exit(
-    path: str, overrides: list[tuple[str, Any]] | None, check_tracking: bool = True
+def _load_spec(
+    path: str, lines: list[str] | None, check_tracking: bool = True, check_storage: bool = True
 ):
-    from sweeps.spec import SpecError, parse_spec
+    """The validated spec at ``path`` with its ``--set`` lines applied; every problem (of the
+    file, the lines and the spec) raised at once as a SpecError."""
+    from sweeps.spec import SpecError, SweepSpec, spec_problems
+    from trainers.config import apply_overrides, read_mapping
 
+    overrides, problems = _set_lines(lines)
     try:
-        data = yaml.safe_load(Path(path).read_text()) if Path(path).is_file() else None
-    except yaml.YAMLError as e:
-        print(f"error: {path} is not valid YAML: {e}", file=sys.stderr)
-        return None
-    if data is None:
-        print(f"error: no sweep spec at {path}", file=sys.stderr)
-        return None
-    from trainers.config import set_dotted
-
-    for key, value in overrides or []:
-        set_dotted(data, key, value)
-    try:
-        return parse_spec(data, path, check_tracking=check_tracking)
+        data = read_mapping(path, "sweep spec", SweepSpec.model_fields, SpecError)
     except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
+        raise SpecError([*problems, *e.problems], path) from None
+    problems += apply_overrides(data, overrides)
+    spec, found = spec_problems(data, check_tracking=check_tracking, check_storage=check_storage)
+    if problems or found or spec is None:
+        raise SpecError([*problems, *found], path)
+    return spec, overrides
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    spec = _load_spec_or_exit(args.spec, args.set)
-    if spec is None:
-        return 2
+    spec, _ = _load_spec(args.spec, args.set)
     if args.check:
         print(f"{args.spec}: valid")
         return 0
@@ -217,9 +340,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # a cluster-internal URL such as http://mlflow:5000 need not resolve on this machine.
     # The job runs the spec path relative to the shipped folder: validate that same file.
     spec_path = args.spec if os.path.isabs(args.spec) else os.path.join(args.working_dir, args.spec)
-    spec = _load_spec_or_exit(spec_path, args.set, check_tracking=False)
-    if spec is None:
-        return 2
+    spec, overrides = _load_spec(spec_path, args.set, check_tracking=False, check_storage=False)
     if spec.tracking.uri:
         from sweeps.tracking import check_tracking_uri
 
@@ -242,7 +363,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         "*.ckpt",
     ]
     entry = [args.python, "-m", "sweeps.cli", "run", args.spec]
-    for key, value in args.set or []:
+    for key, value in overrides:
         entry += ["--set", f"{key}={json.dumps(value)}"]
     env_vars = {}
     for item in args.env or []:
@@ -312,11 +433,21 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from sweeps.schema import json_schema
+
+    print(json.dumps(json_schema(args.kind), indent=2))
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
 
     from sweeps.tracking import default_tracking_uri
 
+    _check_tracking_uri_arg(args.tracking_uri)
     uri = args.tracking_uri or default_tracking_uri()
     mlflow = str(Path(sys.executable).parent / "mlflow")
     cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
@@ -326,11 +457,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # --debug is taken before or after the command (`compsweep --debug run ...` or `... run
+    # --debug`); SUPPRESS keeps a sub-command's default from hiding the top-level flag.
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show the traceback of an error (for developers)",
+    )
     parser = argparse.ArgumentParser(
         prog="compsweep",
-        description="Hyperparameter sweeps for compression-aware training (Ray Tune + Optuna + MLflow).",
+        description="Hyperparameter sweeps for compression-aware training (Ray Tune + Optuna + MLflow). "
+        "Bad input exits with code 2 and one line per problem.",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an error (for developers)"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_parser = sub.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[debug], **kwargs)
+
+    # Every sub-command, also one added later, takes --debug after its name too.
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     p = sub.add_parser(
         "train",
@@ -346,7 +497,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         action="append",
-        type=_parse_override,
         metavar="KEY=VALUE",
         help="override any field, e.g. --set compression.pnr=100 (repeatable)",
     )
@@ -355,6 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="checkpoint file: resume from it if present, save to it at each evaluation",
     )
     p.add_argument("--save", help="write the final weights and config to this .pt file")
+    p.add_argument(
+        "--check", action="store_true", help="only validate the config (and the checkpoint path)"
+    )
     p.add_argument(
         "--index", type=int, default=0, help="which config of a `compsweep best` file (default 0)"
     )
@@ -418,7 +571,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         action="append",
-        type=_parse_override,
         metavar="KEY=VALUE",
         help="override a spec field, e.g. --set budget.num_trials=4 (repeatable)",
     )
@@ -445,7 +597,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--set",
         action="append",
-        type=_parse_override,
         metavar="KEY=VALUE",
         help="override a spec field",
     )
@@ -489,6 +640,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
 
     p = sub.add_parser(
+        "schema",
+        help="print the JSON schema of a sweep spec or a training config",
+        description="Print the JSON schema of a sweep spec (spec) or a training config (config), "
+        "for editors with a YAML language server: save it (compsweep schema spec > "
+        "spec.schema.json) and start a YAML file with `# yaml-language-server: "
+        "$schema=spec.schema.json`.",
+    )
+    p.add_argument("kind", nargs="?", default="spec", choices=["spec", "config"])
+    p.set_defaults(func=cmd_schema)
+
+    p = sub.add_parser(
         "ui",
         help="open the MLflow UI on the embedded tracking store",
         description="Start `mlflow ui` on the embedded store (./mlflow.db) or --tracking-uri.",
@@ -502,7 +664,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    debug = getattr(args, "debug", False)
+    try:
+        return args.func(args)
+    except (ConfigError, yamlio.YamlError) as e:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as e:
+        if debug:
+            raise
+        detail = " ".join(str(e).split())
+        print(
+            f"error: {type(e).__name__}: {detail} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

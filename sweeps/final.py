@@ -14,23 +14,35 @@ from typing import Any
 import yaml
 
 from trainers.callbacks import Callback, ConsoleProgress
-from trainers.config import ConfigError, parse_train_config, set_dotted
+from trainers.config import ConfigError, TrainConfig, parse_train_config, read_mapping, set_dotted
 from trainers.loop import Trainer
 
 
 def read_best(path: str, index: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``(train config mapping, provenance)`` from a `compsweep best` file, or
     ``(mapping, None)`` from a plain training config."""
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_mapping(path, "training config", TrainConfig.model_fields)
     if "configs" not in data:
         return data, None
     configs = data["configs"]
+    if not isinstance(configs, list) or not all(
+        isinstance(c, dict) and isinstance(c.get("config"), dict) for c in configs
+    ):
+        raise ConfigError(["configs: expected a list of {config, provenance} entries"], path)
     if not 0 <= index < len(configs):
         raise ConfigError(
             [f"--index {index}: {path} holds {len(configs)} config(s) (0..{len(configs) - 1})"],
             path,
         )
-    return configs[index]["config"], configs[index]["provenance"]
+    prov = configs[index].get("provenance")
+    if prov is not None and not (
+        isinstance(prov, dict) and all(k in prov for k in ("sweep_id", "trial_id", "run_id"))
+    ):
+        raise ConfigError(
+            [f"configs[{index}].provenance: expected sweep_id, trial_id and run_id (or null)"],
+            path,
+        )
+    return configs[index]["config"], prov
 
 
 class _MlflowSeries(Callback):

@@ -26,6 +26,7 @@ from sweeps.tracking import (
     default_tracking_uri,
     find_trial_runs,
 )
+from trainers import yamlio
 from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key
 from trainers.yamlio import parse_scalar
 
@@ -72,7 +73,7 @@ def _artifact_yaml(client: Any, run_id: str, path: str) -> Any:
             local = client.download_artifacts(run_id, path, d)
         except Exception:
             return None
-        return yaml.safe_load(Path(local).read_text())
+        return yamlio.load_file(local)
 
 
 # What Python's str() writes for values YAML reads differently (or not at all).

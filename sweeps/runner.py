@@ -126,18 +126,14 @@ def _trainable(record: SweepRecord) -> Any:
 
 
 def _searcher(spec: SweepSpec) -> Any:
-    import optuna
     from ray.tune.search import ConcurrencyLimiter
 
     from search_spaces import define_by_run
     from sweeps.searcher import SweepOptunaSearch
+    from sweeps.searchers import SAMPLERS
 
-    metrics, modes = spec.objective.metrics, spec.objective.resolved_modes()
-    sampler = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=spec.seed),
-        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=spec.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed),
-    }[spec.search.sampler]()
+    metrics, modes = spec.objective.metrics, spec.objective.modes()
+    sampler = SAMPLERS[spec.search.sampler](spec)
     searcher = SweepOptunaSearch(
         space=define_by_run(spec.space.name, spec.space.overrides),
         metric=metrics[0] if len(metrics) == 1 else metrics,
@@ -148,18 +144,9 @@ def _searcher(spec: SweepSpec) -> Any:
 
 
 def _scheduler(spec: SweepSpec) -> Any:
-    if spec.scheduler.name != "asha":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
+    from sweeps.searchers import SCHEDULERS
 
-    return ASHAScheduler(
-        metric=spec.objective.metrics[0],
-        mode=spec.objective.resolved_modes()[0],
-        time_attr="training_iteration",  # one iteration = one evaluation
-        grace_period=spec.scheduler.grace_period,
-        reduction_factor=spec.scheduler.reduction_factor,
-        max_t=10_000,
-    )
+    return SCHEDULERS[spec.scheduler.name](spec)
 
 
 def _run_config(spec: SweepSpec, record: SweepRecord, stream: TextIO | None) -> Any:
@@ -325,7 +312,7 @@ def _finish(record: SweepRecord, grid: Any, stream: TextIO) -> None:
         record.parent_run_id,
         "FAILED" if errors and not finished else "FINISHED",
     )
-    metrics, modes = spec.objective.metrics, spec.objective.resolved_modes()
+    metrics, modes = spec.objective.metrics, spec.objective.modes()
     best = best_rows(rows, metrics, modes, top=5)
     title = "Pareto front" if len(metrics) > 1 else f"best trials by {metrics[0]}"
     failed = f"{errors} failed" + (f" ({diverged} diverged)" if diverged else "")

@@ -1,35 +1,76 @@
 """Sweep spec: what to train, what to search, how to run it, where to track it.
 
 Validated in full before anything is sent to the cluster; a :class:`SpecError` lists every
-problem at once, each naming its field. The YAML layout::
+problem at once, one line each, naming its field. The YAML layout::
 
     name: digits-prune                 # experiment name in MLflow, folder name in storage
     train: {data: ..., model: ..., optim: ..., compression: ..., run: ...}   # base config
     method_params: {prune: {schedule: gradual}}   # fixed knobs per method (mixed sweeps)
     space: {name: prune, overrides: {pnr: {low: 1, high: 500}, rate: 0.9}}
     budget: {num_trials: 12, max_concurrent: 2, time_budget_s: null}
-    objective: {metrics: [val_accuracy, compression_ratio]}   # modes: each metric's direction
-    search: {sampler: tpe}             # tpe | nsga2 | random
+    objective: {metrics: [val_accuracy, compression_ratio]}   # directions: the metric catalogue
+    search: {sampler: tpe}             # tpe | nsga2 | random | grid
     scheduler: {name: none}            # none | asha (grace_period, reduction_factor)
     resources: {cpus: 1, gpus: 0}      # per trial; fractional GPUs pack trials onto one GPU
     failure: {max_failures: 2}
     storage: {path: compsweep_results}
     tracking: {uri: null}              # null: embedded SQLite store ./mlflow.db
     seed: 0
+
+Checks, in order, each run on every part the previous ones found sound: the sections' models
+(types, bounds, names), the space overrides, the base ``train`` section and then the training
+config of every branch of the space with each knob at both ends of its range (and at each
+choice) on the real data and model (:func:`_train_problems`), the rules between sections, and
+last what this machine must provide (a writable storage path, a reachable tracking store).
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+import math
+import os
+import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
-import yaml
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from search_spaces import branches, check_overrides, extreme_values, record
-from trainers.config import ConfigError, TrainConfig, from_dict, parse_train_config, set_dotted
-from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, get_metric, selectable_metrics
+from search_spaces import SPACES, branches, extreme_values, grid_space, override_problems, record
+from sweeps.searchers import SAMPLERS, SCHEDULERS
+from trainers.config import (
+    ConfigError,
+    MethodName,
+    TrainConfig,
+    parse_train_config,
+    read_mapping,
+    set_dotted,
+    validate_train,
+)
+from trainers.metrics import (
+    DEFAULT_OBJECTIVE,
+    METRICS,
+    check_selectable,
+    get_metric,
+    selectable_metrics,
+)
+from trainers.model_checks import model_problems
+from trainers.validation import (
+    Int,
+    NonNegativeInt,
+    PositiveInt,
+    Problem,
+    Section,
+    Seed,
+    did_you_mean,
+    join,
+    literal_of,
+    section,
+    shown,
+    valid_sections,
+    validate,
+)
 
 # Knobs that live outside compression.params; every other knob is a distortion knob.
 KNOB_PATHS = {
@@ -41,235 +82,266 @@ KNOB_PATHS = {
     "batch_size": "data.batch_size",
     "epochs": "run.epochs",
 }
-# What may be an objective: the catalogue's selectable metrics (a direction, not test data).
-OBJECTIVE_METRICS = tuple(selectable_metrics())
+DEFAULT_NUM_TRIALS = 8
+# Tracking stores MLflow 3 opens (SQLAlchemy ones also as scheme+driver); a plain path or
+# file: is its retired file store, refused unless MLFLOW_ALLOW_FILE_STORE is set.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+NAME_PATTERN = r"^[\w.-]+$"
+
+SpaceName = literal_of(SPACES, "search space")
+SamplerName = literal_of(SAMPLERS, "sampler")
+SchedulerName = literal_of(SCHEDULERS, "scheduler")
 
 
 class SpecError(ConfigError):
     """A sweep spec with problems; ``problems`` lists them all."""
 
 
-@dataclass
-class SpaceSpec:
-    name: str = ""
-    overrides: dict[str, Any] = field(default_factory=dict)
+def _selectable(name: str) -> str:
+    if name not in METRICS:
+        raise ValueError(
+            f"unknown metric {name!r}{did_you_mean(name, METRICS)}; rank by one of: "
+            f"{', '.join(selectable_metrics())}"
+        )
+    problem = check_selectable(name)
+    if problem:
+        raise ValueError(problem)
+    return name
 
 
-@dataclass
-class BudgetSpec:
-    num_trials: int = 8
-    max_concurrent: int = 2
-    time_budget_s: float | None = None
+ObjectiveMetric = Annotated[str, AfterValidator(_selectable)]
 
 
-@dataclass
-class ObjectiveSpec:
-    metrics: list[str] = field(default_factory=lambda: [DEFAULT_OBJECTIVE])
-    modes: list[str] = field(default_factory=list)  # default: each metric's direction
-
-    def resolved_modes(self) -> list[str]:
-        return self.modes or [
-            (get_metric(m).direction if m in OBJECTIVE_METRICS else None) or "max"
-            for m in self.metrics
-        ]
+class SpaceSpec(Section):
+    name: SpaceName = Field(description="a registered search space (see search_spaces)")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict,
+        description="per knob: {low, high, log, step}, {choices: [...]}, or one fixed value",
+    )
 
 
-@dataclass
-class SearchSpec:
-    sampler: str = "tpe"  # tpe | nsga2 | random
+class BudgetSpec(Section):
+    num_trials: PositiveInt | None = Field(
+        None, description=f"trials to run (default {DEFAULT_NUM_TRIALS}; a grid: its size)"
+    )
+    max_concurrent: PositiveInt = Field(2, description="trials running at once")
+    time_budget_s: float | None = Field(
+        None, gt=0, description="stop starting trials after this many seconds"
+    )
 
 
-@dataclass
-class SchedulerSpec:
-    name: str = "none"  # none | asha
-    grace_period: int = 1  # evaluations before ASHA may stop a trial
-    reduction_factor: int = 3
+class ObjectiveSpec(Section):
+    metrics: list[ObjectiveMetric] = Field(
+        default_factory=lambda: [DEFAULT_OBJECTIVE],
+        min_length=1,
+        description="metrics to optimize (two or more: a Pareto front); directions come from "
+        "the metric catalogue",
+    )
+
+    @field_validator("metrics")
+    @classmethod
+    def _distinct(cls, metrics: list[str]) -> list[str]:
+        repeated = sorted({m for m in metrics if metrics.count(m) > 1})
+        if repeated:
+            raise ValueError(f"each metric once; repeated: {', '.join(repeated)}")
+        return metrics
+
+    def modes(self) -> list[str]:
+        """``"max"``/``"min"`` per metric, from the metric catalogue."""
+        return [str(get_metric(m).direction) for m in self.metrics]
 
 
-@dataclass
-class ResourcesSpec:
-    cpus: float = 1.0
-    gpus: float = 0.0
+class SearchSpec(Section):
+    sampler: SamplerName = Field("tpe", description="the Optuna sampler")
 
 
-@dataclass
-class FailureSpec:
-    max_failures: int = 2
+class SchedulerSpec(Section):
+    name: SchedulerName = Field("none", description="early stopping of trials")
+    grace_period: PositiveInt = Field(1, description="evaluations before ASHA may stop a trial")
+    reduction_factor: Annotated[Int, Field(ge=2)] = Field(3, description="ASHA's halving rate")
 
 
-@dataclass
-class StorageSpec:
-    path: str = "compsweep_results"
+class ResourcesSpec(Section):
+    cpus: float = Field(1.0, ge=0, description="CPUs per trial")
+    gpus: float = Field(0.0, ge=0, description="GPUs per trial; a fraction packs trials per GPU")
+
+    @model_validator(mode="after")
+    def _something(self) -> ResourcesSpec:
+        if self.cpus == 0 and self.gpus == 0:
+            raise ValueError("give each trial some cpus or gpus (both are 0)")
+        if self.gpus > 1 and not self.gpus.is_integer():
+            raise ValueError(
+                f"gpus: a fraction must be < 1 (trials share one GPU), got {self.gpus}"
+            )
+        return self
 
 
-@dataclass
-class TrackingSpec:
-    uri: str | None = None  # None: embedded SQLite store in the working directory
-    experiment: str | None = None  # default: the sweep name
+class FailureSpec(Section):
+    max_failures: NonNegativeInt = Field(
+        2, description="retries of a failed trial, from its last checkpoint"
+    )
 
 
-@dataclass
-class SweepSpec:
-    name: str = ""
-    train: dict[str, Any] = field(default_factory=dict)
-    method_params: dict[str, Any] = field(default_factory=dict)
-    space: SpaceSpec = field(default_factory=SpaceSpec)
-    budget: BudgetSpec = field(default_factory=BudgetSpec)
-    objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
-    search: SearchSpec = field(default_factory=SearchSpec)
-    scheduler: SchedulerSpec = field(default_factory=SchedulerSpec)
-    resources: ResourcesSpec = field(default_factory=ResourcesSpec)
-    failure: FailureSpec = field(default_factory=FailureSpec)
-    storage: StorageSpec = field(default_factory=StorageSpec)
-    tracking: TrackingSpec = field(default_factory=TrackingSpec)
-    seed: int = 0
-    check_data: bool = True  # look for the dataset before starting (off when only workers have it)
+class StorageSpec(Section):
+    path: Annotated[str, Field(min_length=1)] = Field(
+        "compsweep_results", description="folder of the sweeps' state (shared on a cluster)"
+    )
 
-    def to_dict(self) -> dict[str, Any]:
-        import dataclasses
 
-        return dataclasses.asdict(self)
+class TrackingSpec(Section):
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; null: the embedded SQLite store ./mlflow.db"
+    )
+    experiment: Annotated[str, Field(min_length=1)] | None = Field(
+        None, description="MLflow experiment (default: the sweep's name)"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _usable_by_mlflow(cls, uri: str | None) -> str | None:
+        problem = None if uri is None else tracking_uri_problem(uri)
+        if problem:
+            raise ValueError(problem)
+        return uri
+
+
+class SweepSpec(Section):
+    name: Annotated[str, Field(pattern=NAME_PATTERN, max_length=100)] = Field(
+        description="the sweep's name: MLflow experiment and folder name"
+    )
+    train: dict[str, Any] = Field(
+        description="the base training config of every trial, as for `compsweep train`"
+    )
+    method_params: dict[MethodName, dict[str, Any]] = Field(
+        default_factory=dict, description="fixed knobs per method (for spaces that search it)"
+    )
+    space: section(SpaceSpec) = Field(description="what to search")
+    budget: section(BudgetSpec) = Field(default_factory=BudgetSpec)
+    objective: section(ObjectiveSpec) = Field(default_factory=ObjectiveSpec)
+    search: section(SearchSpec) = Field(default_factory=SearchSpec)
+    scheduler: section(SchedulerSpec) = Field(default_factory=SchedulerSpec)
+    resources: section(ResourcesSpec) = Field(default_factory=ResourcesSpec)
+    failure: section(FailureSpec) = Field(default_factory=FailureSpec)
+    storage: section(StorageSpec) = Field(default_factory=StorageSpec)
+    tracking: section(TrackingSpec) = Field(default_factory=TrackingSpec)
+    seed: Seed = Field(0, description="seed of the sampler (trials default to it too)")
+    check_data: bool = Field(
+        True, description="look for the dataset before starting (off when only workers have it)"
+    )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _name(cls, v: Any) -> Any:
+        if isinstance(v, str) and re.match(NAME_PATTERN, v) is None:
+            raise ValueError(
+                f"give the sweep a name of letters, digits, '-', '_' or '.', got {shown(v)}"
+            )
+        return v
+
+    @model_validator(mode="after")
+    def _default_num_trials(self) -> SweepSpec:
+        if self.budget.num_trials is None:
+            self.budget.num_trials = DEFAULT_NUM_TRIALS
+            if self.search.sampler == "grid":
+                try:
+                    grid, problems = grid_space(self.space.name, self.space.overrides)
+                except Exception:  # overrides the space refuses: reported by spec_problems
+                    grid, problems = {}, [None]
+                self.budget.num_trials = (
+                    math.prod(map(len, grid.values())) if not problems else None
+                )
+        return self
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow could not use ``uri`` as its tracking store (from its form alone), or None.
+    Credentials in it are fine."""
+    if not uri.strip():
+        return "empty; leave it out (null) for the embedded SQLite store ./mlflow.db"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError as e:
+        return f"{shown(uri)} is not a URI ({e})"
+    scheme = parts.scheme.lower().split("+")[0]
+    if scheme in ("", "file") or len(scheme) == 1:  # a path (C:\ too)
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+            return None
+        return (
+            f"{shown(uri)} is a file path; MLflow 3 no longer tracks to files: use "
+            "sqlite:///PATH/mlflow.db, an http(s)://HOST:PORT server, or leave it out"
+        )
+    if scheme not in TRACKING_SCHEMES:
+        return (
+            f"scheme {parts.scheme!r} is not one MLflow can track to; use one of "
+            f"{', '.join(TRACKING_SCHEMES)} (e.g. http://HOST:5000 or sqlite:///mlflow.db)"
+        )
+    if scheme in ("http", "https") and not parts.hostname:
+        return f"{shown(uri)} names no host; write {scheme}://HOST:PORT"
+    if (
+        scheme == "sqlite"
+        and not uri.lower().startswith("sqlite:///")
+        and uri.lower() != "sqlite://"
+    ):
+        return f"{shown(uri)}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    return None
+
+
+def storage_problem(path: str) -> str | None:
+    """Why sweep state could not be written under ``path`` on this machine, or None."""
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        return f"{p} is a file, not a folder"
+    nearest = p
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if not nearest.is_dir():
+        return f"{nearest} is a file, so {p} cannot be created"
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        return f"cannot write in {nearest}"
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Trial configs
+
+
+def _trial_dict(
+    train: Mapping[str, Any],
+    method_params: Mapping[str, Any],
+    space: str,
+    seed: int,
+    knobs: Mapping[str, Any],
+) -> dict[str, Any]:
+    data = copy.deepcopy(dict(train))
+    compression = data.get("compression")
+    given = compression.get("method") if isinstance(compression, dict) else None
+    method = knobs.get("method") or (given if isinstance(given, str) else None) or space
+    set_dotted(data, "compression.method", method)
+    params = data["compression"].get("params")
+    if params is None:
+        params = data["compression"]["params"] = {}
+    if not isinstance(params, dict):
+        raise ValueError("compression.params is not a mapping")
+    params.update(copy.deepcopy(method_params.get(method, {})))
+    for knob, value in knobs.items():
+        set_dotted(data, KNOB_PATHS.get(knob, f"compression.params.{knob}"), value)
+    run = data.get("run")
+    if run is None:
+        run = data["run"] = {}
+    if isinstance(run, dict):
+        run.setdefault("seed", seed)
+    return data
 
 
 def trial_train_dict(spec: SweepSpec, knobs: dict[str, Any]) -> dict[str, Any]:
     """The training config (as a mapping) of one trial: the base ``train`` section, the fixed
     knobs of its method, then the searched knobs."""
-    data = copy.deepcopy(spec.train)
-    method = knobs.get("method") or data.get("compression", {}).get("method") or spec.space.name
-    set_dotted(data, "compression.method", method)
-    params = data.setdefault("compression", {}).setdefault("params", {})
-    params.update(copy.deepcopy(spec.method_params.get(method, {})))
-    for knob, value in knobs.items():
-        set_dotted(data, KNOB_PATHS.get(knob, f"compression.params.{knob}"), value)
-    run = data.setdefault("run", {})
-    run.setdefault("seed", spec.seed)
-    return data
+    return _trial_dict(spec.train, spec.method_params, spec.space.name, spec.seed, knobs)
 
 
 def trial_config(spec: SweepSpec, knobs: dict[str, Any]) -> TrainConfig:
     return parse_train_config(trial_train_dict(spec, knobs), "trial config")
-
-
-def _check_structure(spec: SweepSpec) -> list[str]:
-    p: list[str] = []
-    if not spec.name or not spec.name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        p.append(
-            f"name: give the sweep a name of letters, digits, '-', '_' or '.', got {spec.name!r}"
-        )
-    if not spec.space.name:
-        p.append("space.name: name a search space (e.g. prune, tucker2, mixed)")
-    b = spec.budget
-    if b.num_trials < 1:
-        p.append(f"budget.num_trials: must be >= 1, got {b.num_trials}")
-    if b.max_concurrent < 1:
-        p.append(f"budget.max_concurrent: must be >= 1, got {b.max_concurrent}")
-    if b.time_budget_s is not None and b.time_budget_s <= 0:
-        p.append(f"budget.time_budget_s: must be > 0 seconds or null, got {b.time_budget_s}")
-    o = spec.objective
-    for m in o.metrics:
-        problem = check_selectable(m)
-        if problem:
-            p.append(f"objective.metrics: {problem}")
-    val_fraction = (spec.train.get("data") or {}).get("val_fraction")
-    val_metrics = [m for m in o.metrics if m in OBJECTIVE_METRICS and get_metric(m).split == "val"]
-    if val_fraction == 0 and val_metrics:
-        p.append(
-            f"objective.metrics: {', '.join(val_metrics)} need a validation split, but "
-            "train.data.val_fraction is 0; give it a fraction (e.g. 0.1)"
-        )
-    if not o.metrics:
-        p.append(f"objective.metrics: name at least one metric (e.g. [{DEFAULT_OBJECTIVE}])")
-    if o.modes and len(o.modes) != len(o.metrics):
-        p.append(
-            f"objective.modes: give one mode per metric ({len(o.metrics)}), got {len(o.modes)}"
-        )
-    for m in o.modes:
-        if m not in ("max", "min"):
-            p.append(f"objective.modes: each mode is 'max' or 'min', got {m!r}")
-    if spec.search.sampler not in ("tpe", "nsga2", "random"):
-        p.append(f"search.sampler: must be tpe, nsga2 or random, got {spec.search.sampler!r}")
-    if spec.search.sampler == "nsga2" and len(o.metrics) < 2:
-        p.append(
-            "search.sampler: nsga2 is multi-objective; give two or more objective.metrics, or use tpe"
-        )
-    s = spec.scheduler
-    if s.name not in ("none", "asha"):
-        p.append(f"scheduler.name: must be none or asha, got {s.name!r}")
-    if s.name == "asha" and len(o.metrics) > 1:
-        p.append(
-            "scheduler.name: asha stops trials on one metric; use none with several objective.metrics"
-        )
-    if s.grace_period < 1 or s.reduction_factor < 2:
-        p.append("scheduler: grace_period must be >= 1 and reduction_factor >= 2")
-    r = spec.resources
-    if r.cpus < 0 or r.gpus < 0 or (r.cpus == 0 and r.gpus == 0):
-        p.append(
-            f"resources: cpus and gpus must be >= 0 and not both 0, got cpus={r.cpus} gpus={r.gpus}"
-        )
-    if r.gpus > 1 and r.gpus != int(r.gpus):
-        p.append(f"resources.gpus: a fraction must be < 1 (trials share one GPU), got {r.gpus}")
-    if spec.failure.max_failures < 0:
-        p.append(
-            f"failure.max_failures: must be >= 0 (-1 is not supported), got {spec.failure.max_failures}"
-        )
-    for method, params in spec.method_params.items():
-        if not isinstance(params, dict):
-            p.append(f"method_params.{method}: expected a mapping of knobs")
-    return p
-
-
-def _check_trials(spec: SweepSpec) -> list[str]:
-    """Build the training config of every branch of the space with its knobs in mid-range, then
-    with each knob at both ends of its range (and at each choice), and report what would stop a
-    trial, naming the knob (and value) responsible where one is."""
-    problems: list[str] = []
-    try:
-        all_branches = branches(spec.space.name, spec.space.overrides)
-    except Exception as e:  # a malformed override surfaces here
-        return [f"space.overrides: {e}"]
-    models: dict[str, Any] = {}
-
-    def check(knobs: dict[str, Any]) -> list[str]:
-        try:
-            cfg = trial_config(spec, knobs)
-        except ConfigError as e:
-            return e.problems
-        return _check_on_model(cfg, models, spec)
-
-    for knobs in all_branches:
-        middle = {k: _middle(d) for k, d in knobs.items()}
-        base = check(middle)
-        for msg in base:
-            problems.append(_attribute(spec, msg, middle, None))
-        for knob, dist in knobs.items():
-            for value in extreme_values(dist):
-                other = dist["kind"] == "categorical" and value != dist["taken"]
-                if other and set(
-                    record(spec.space.name, spec.space.overrides, {knob: value})
-                ) != set(knobs):
-                    continue  # this choice leads to another branch, checked on its own
-                for msg in check({**middle, knob: value}):
-                    if msg not in base:
-                        problems.append(_attribute(spec, msg, {**middle, knob: value}, knob))
-    return list(dict.fromkeys(problems))  # dedupe, keep order
-
-
-def _attribute(spec: SweepSpec, msg: str, knobs: dict[str, Any], varied: str | None) -> str:
-    """Name the spec field behind a trial-config problem: the knob varied to provoke it, the
-    space's knob values (for distortion knobs), or the base ``train`` section."""
-    if varied is None:  # a problem at mid-range: blame a knob whose own field it names, if any
-        varied = next((k for k in knobs if k in KNOB_PATHS and msg.startswith(KNOB_PATHS[k])), None)
-    if varied is not None and msg.startswith(KNOB_PATHS.get(varied, "compression.params")):
-        field_ = (
-            f"space.overrides.{varied}"
-            if varied in spec.space.overrides
-            else f"space {spec.space.name!r} knob {varied!r}"
-        )
-        return f"{field_} = {knobs[varied]!r}: {msg}"
-    if msg.startswith("compression.params"):
-        values = ", ".join(f"{k}={v!r}" for k, v in knobs.items() if k not in KNOB_PATHS)
-        return f"space.overrides ({values}): {msg}"
-    return msg if msg.startswith("train.") else f"train.{msg}"
 
 
 def _middle(dist: dict[str, Any]) -> Any:
@@ -283,90 +355,284 @@ def _middle(dist: dict[str, Any]) -> Any:
     return round(mid) if dist["kind"] == "int" else mid
 
 
-def _check_on_model(cfg: TrainConfig, cache: dict[str, Any], spec: SweepSpec) -> list[str]:
-    """Problems only the model's weights reveal (rank above a layer's size, tile not dividing)."""
-    from trainers.data import load_dataset
-    from trainers.distortions import make_distortion
-    from trainers.models import build_model
-    from trainers.targets import compression_targets
+class _Parts:
+    """The sound parts of a spec being validated (None where a part has problems)."""
 
-    key = repr((cfg.data, cfg.model))
-    if key not in cache:
-        d = cfg.data
+    def __init__(self, data: Mapping[str, Any], problems: list[Problem]) -> None:
+        self.sections = valid_sections(SweepSpec, data, problems)
+        bad = {p.path.split(".")[0].split("[")[0] for p in problems}
+        self.train = data.get("train") if isinstance(data.get("train"), dict) else None
+        mp = data.get("method_params")
+        self.method_params = (mp or {}) if "method_params" not in bad else None
+        self.seed = data.get("seed", 0) if "seed" not in bad else 0
+        self.check_data = data.get("check_data", True) if "check_data" not in bad else True
+
+    def __getattr__(self, name: str) -> Any:
+        return self.sections.get(name)
+
+
+def _train_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
+    """The ``train`` section on its own, then (with a sound space) the training config of every
+    branch of the space with its knobs in mid-range and with each knob at both ends of its range
+    (and at each choice), on the real data and model; problems name the spec field to fix."""
+    if parts.train is None:
+        return []
+    models: dict[str, Any] = {}
+    _, sections, base = validate_train(parts.train, knobs=False)
+    problems = [p.under("train") for p in base]
+    # The method and its knobs come from the space: the base section is checked without them.
+    sections.pop("compression", None)
+    problems += [p.under("train") for p in model_problems(sections, parts.check_data, models)]
+    if not space_ok or parts.method_params is None:
+        return problems
+    space = parts.space
+
+    def check(knobs: dict[str, Any]) -> list[Problem]:
         try:
-            if not spec.check_data and d.name not in ("digits", "synthetic", "synthetic_text"):
-                raise LookupError
-            # One sample is enough to learn shapes; this also proves the data is where it is said.
-            info = load_dataset(
-                d.name,
-                batch_size=1,
-                test_batch_size=1,
-                root=d.root,
-                download=d.download,
-                limit_train=1,
-                limit_test=1,
-                val_fraction=0,  # no hold-out from a single sample
-                **d.options,
-            ).info
-            cache[key] = build_model(cfg.model.name, info, **cfg.model.options)
-        except LookupError:
-            cache[key] = None
-        except FileNotFoundError as e:
-            cache[key] = f"train.data.root: {e}"
-        except ValueError as e:
-            cache[key] = f"train.model: {e}"
-    model = cache[key]
-    if model is None:
-        return []
-    if isinstance(model, str):
-        return [model]
-    if cfg.compression.method == "none":
-        return []
-    distortion = make_distortion(cfg.compression.method, **cfg.compression.params)
-    return compression_targets(model, cfg.compression.targets, distortion)[1]
+            data = _trial_dict(parts.train, parts.method_params, space.name, parts.seed, knobs)
+        except ValueError:  # a train section that is no mapping: reported above
+            return []
+        _, sections, found = validate_train(data)
+        return found + model_problems(sections, parts.check_data, models)
+
+    for knobs in branches(space.name, space.overrides):
+        middle = {k: _middle(d) for k, d in knobs.items()}
+        at_middle = check(middle)
+        problems += [_attribute(parts, p, middle, None) for p in at_middle]
+        for knob, dist in knobs.items():
+            for value in extreme_values(dist):
+                other = dist["kind"] == "categorical" and value != dist["taken"]
+                if other and set(record(space.name, space.overrides, {knob: value})) != set(knobs):
+                    continue  # this choice leads to another branch, checked on its own
+                for p in check({**middle, knob: value}):
+                    if p not in at_middle:
+                        problems.append(_attribute(parts, p, {**middle, knob: value}, knob))
+    return list(dict.fromkeys(problems))  # dedupe, keep order
 
 
-def parse_spec(data: Any, source: str = "sweep spec", check_tracking: bool = True) -> SweepSpec:
-    """Validate a sweep spec mapping in full; raise :class:`SpecError` listing every problem."""
-    problems: list[str] = []
-    spec = from_dict(SweepSpec, data, "", problems)
-    if not isinstance(data, dict):
-        raise SpecError(problems, source)
-    if "name" not in data:
-        problems.append("name: missing; every sweep needs a name")
-    # Unknown fields do not stop the checks below (the rest is still meaningful); a field of the
-    # wrong type does, as its default would be checked in its place.
-    if not any(": expected " in p for p in problems):
-        problems += _check_structure(spec)
-        problems += check_overrides(spec.space.name, spec.space.overrides)
-        if not any(p.startswith("space.") for p in problems):
-            problems += _check_trials(spec)
-    if check_tracking and spec.tracking.uri:
+def _attribute(parts: _Parts, p: Problem, knobs: dict[str, Any], varied: str | None) -> Problem:
+    """Name the spec field behind a trial-config problem: the knob whose value provoked it, the
+    method's fixed knobs, or the base ``train`` section."""
+    space = parts.space
+    owner = None  # the knob whose own field the problem is at
+    for k in knobs:
+        path = KNOB_PATHS.get(k, f"compression.params.{k}")
+        if p.path == path or p.path.startswith(path + "."):
+            owner = k
+    knob = (
+        varied
+        if varied is not None and (owner == varied or p.path == "compression.params")
+        else owner
+    )
+    if knob is not None:
+        where = (
+            f"space.overrides.{knob}"
+            if knob in space.overrides
+            else f"space {space.name!r} knob {knob!r}"
+        )
+        return Problem(f"{where} = {knobs[knob]!r}", str(p))
+    method = knobs.get("method") or _given_method(parts)
+    fixed = parts.method_params.get(method, {}) if parts.method_params else {}
+    param = p.path.removeprefix("compression.params.")
+    if p.path.startswith("compression.params.") and param in fixed:
+        return Problem(f"method_params.{method}.{param}", p.message)
+    if p.path.startswith("compression.params"):
+        values = ", ".join(f"{k}={v!r}" for k, v in knobs.items() if k not in KNOB_PATHS)
+        where = f"space.overrides ({values})"
+        if fixed:  # the method's fixed knobs take part too
+            where += f" with method_params.{method} ({', '.join(f'{k}={v!r}' for k, v in fixed.items())})"
+        return Problem(where, str(p))
+    return p.under("train")
+
+
+def _given_method(parts: _Parts) -> str:
+    compression = (parts.train or {}).get("compression")
+    method = compression.get("method") if isinstance(compression, dict) else None
+    return method if isinstance(method, str) and method else parts.space.name
+
+
+# --------------------------------------------------------------------------------------------
+# Rules between sections
+
+
+def _rule_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
+    p: list[Problem] = []
+    objective, search, scheduler = parts.objective, parts.search, parts.scheduler
+    metrics = objective.metrics if objective else []
+    if search and objective and search.sampler == "nsga2" and len(metrics) < 2:
+        p.append(
+            Problem(
+                "search.sampler",
+                "nsga2 is multi-objective; give two or more objective.metrics, or use tpe",
+            )
+        )
+    if scheduler and objective and scheduler.name == "asha":
+        if len(metrics) > 1:
+            p.append(
+                Problem(
+                    "scheduler.name",
+                    "asha stops trials on one metric; use none with several objective.metrics",
+                )
+            )
+        elif get_metric(metrics[0]).when != "evaluation":
+            p.append(
+                Problem(
+                    "scheduler.name",
+                    f"asha compares trials at each evaluation, and {metrics[0]} is known only at "
+                    "the end; use none, or an evaluation metric such as val_accuracy",
+                )
+            )
+    if objective and parts.train is not None:
+        data = parts.train.get("data")
+        fraction = data.get("val_fraction", 0.1) if isinstance(data, dict) else 0.1
+        held_out = [m for m in metrics if get_metric(m).split == "val"]
+        if held_out and fraction == 0:
+            p.append(
+                Problem(
+                    "train.data.val_fraction",
+                    f"is 0, but objective.metrics {', '.join(held_out)} are measured on the "
+                    "validation split; hold out a fraction (e.g. 0.1) or choose other metrics",
+                )
+            )
+    if space_ok and parts.method_params:
+        methods = {
+            b["method"]["taken"]
+            for b in branches(parts.space.name, parts.space.overrides)
+            if "method" in b
+        }
+        methods = methods or {_given_method(parts)}
+        for unused in sorted(set(parts.method_params) - methods):
+            p.append(
+                Problem(
+                    f"method_params.{unused}",
+                    f"space {parts.space.name!r} never trains {unused} (it trains "
+                    f"{', '.join(sorted(methods))})",
+                )
+            )
+    if space_ok and search and search.sampler == "grid":
+        grid, found = grid_space(parts.space.name, parts.space.overrides)
+        p += found
+        budget = parts.budget
+        size = math.prod(map(len, grid.values()))
+        if not found and budget and budget.num_trials not in (None, size):
+            p.append(
+                Problem(
+                    "budget.num_trials",
+                    f"a grid runs each of its {size} cells once; leave num_trials out or set it "
+                    f"to {size} (got {budget.num_trials})",
+                )
+            )
+    return p
+
+
+def _environment_problems(
+    parts: _Parts, check_tracking: bool, check_storage: bool
+) -> list[Problem]:
+    """What this machine must provide: a storage folder it can write, a tracking store it can use."""
+    p = []
+    if check_storage and parts.storage is not None:
+        problem = storage_problem(parts.storage.path)
+        if problem:
+            p.append(Problem("storage.path", problem))
+    if check_tracking and parts.tracking is not None and parts.tracking.uri:
         from sweeps.tracking import check_tracking_uri
 
-        msg = check_tracking_uri(spec.tracking.uri)
-        if msg:
-            problems.append(msg)
+        problem = check_tracking_uri(parts.tracking.uri)
+        if problem:
+            p.append(Problem("", problem))  # worded with its field already
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+def _retired(data: dict[str, Any]) -> list[Problem]:
+    """Fields earlier versions took, taken out of ``data`` with a problem that says what now."""
+    objective = data.get("objective")
+    if isinstance(objective, dict) and "modes" in objective:
+        data["objective"] = {k: v for k, v in objective.items() if k != "modes"}
+        metrics = objective.get("metrics") or [DEFAULT_OBJECTIVE]
+        known = [m for m in metrics if isinstance(m, str) and m in METRICS]
+        directions = ", ".join(f"{m}: {METRICS[m].direction}" for m in known)
+        return [
+            Problem(
+                "objective.modes",
+                "remove it: directions come from the metric catalogue"
+                + (f" ({directions})" if directions else ""),
+            )
+        ]
+    return []
+
+
+def spec_problems(
+    data: Any, *, check_tracking: bool = True, check_storage: bool = True
+) -> tuple[SweepSpec | None, list[Problem]]:
+    """Every problem of spec mapping ``data``, and the spec when there is none."""
+    if not isinstance(data, dict):
+        return None, validate(SweepSpec, data)[1]
+    data = dict(data)
+    problems = _retired(data)
+    problems += validate(SweepSpec, data)[1]
+    parts = _Parts(data, problems)
+    space_ok = parts.space is not None
+    if space_ok:
+        found = override_problems(parts.space.name, parts.space.overrides)
+        problems += found
+        space_ok = not found
+    problems += _train_problems(parts, space_ok)
+    problems += _rule_problems(parts, space_ok)
+    problems += _environment_problems(parts, check_tracking, check_storage)
+    problems = list(dict.fromkeys(problems))
     if problems:
+        return None, problems
+    return SweepSpec.model_validate(data), []
+
+
+def parse_spec(
+    data: Any,
+    source: str = "sweep spec",
+    check_tracking: bool = True,
+    *,
+    check_storage: bool | None = None,
+) -> SweepSpec:
+    """Validate a sweep spec mapping in full; raise :class:`SpecError` listing every problem.
+
+    ``check_tracking``: the tracking store must be reachable from here; ``check_storage``
+    (default: as ``check_tracking``): the storage path must be writable from here. Both are off
+    when the sweep runs elsewhere (``compsweep submit``).
+    """
+    check_storage = check_tracking if check_storage is None else check_storage
+    spec, problems = spec_problems(data, check_tracking=check_tracking, check_storage=check_storage)
+    if problems or spec is None:
         raise SpecError(problems, source)
     return spec
 
 
-def load_spec(path: str | Path, check_tracking: bool = True) -> SweepSpec:
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError([f"no such file: {path}"], str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise SpecError([f"not valid YAML: {e}"], str(path)) from None
-    return parse_spec(data, str(path), check_tracking)
+def load_spec(
+    path: str | Path, check_tracking: bool = True, *, check_storage: bool | None = None
+) -> SweepSpec:
+    data = read_mapping(path, "sweep spec", SweepSpec.model_fields, SpecError)
+    return parse_spec(data, str(path), check_tracking, check_storage=check_storage)
 
 
 def from_dict_spec(data: dict[str, Any]) -> SweepSpec:
     """Rebuild an already validated spec (e.g. inside a trial) without re-checking data or model."""
-    problems: list[str] = []
-    spec = from_dict(SweepSpec, data, "", problems)
-    if problems:
+    spec, problems = validate(SweepSpec, data)
+    if problems or spec is None:
         raise SpecError(problems)
     return spec
+
+
+__all__ = [
+    "KNOB_PATHS",
+    "SpecError",
+    "SweepSpec",
+    "from_dict_spec",
+    "join",
+    "load_spec",
+    "parse_spec",
+    "spec_problems",
+    "trial_config",
+    "trial_train_dict",
+]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
-import yaml
 
-from sweeps.spec import SpecError, load_spec, parse_spec, trial_train_dict
+from sweeps.spec import SpecError, from_dict_spec, load_spec, parse_spec, trial_train_dict
+from trainers import yamlio
 
 SPECS = sorted((Path(__file__).parent.parent / "sweeps" / "specs").glob("*.yaml"))
 
@@ -29,11 +30,13 @@ def errors(data: dict) -> str:
 
 @pytest.mark.parametrize("path", SPECS, ids=[p.name for p in SPECS])
 def test_shipped_spec_is_valid(path):
-    data = yaml.safe_load(path.read_text())
-    # Cluster specs name a server that only exists on the cluster: validate all but reachability.
+    data = yamlio.load_file(path)
+    # Cluster specs name a server and a storage path that exist only on the cluster: validate
+    # all but those.
     remote = (data.get("tracking") or {}).get("uri", "") or ""
     spec = load_spec(path, check_tracking=not remote.startswith("http"))
     assert spec.budget.num_trials >= 1
+    assert from_dict_spec(spec.to_dict()) == spec  # what a trial rebuilds is the same spec
 
 
 def test_shipped_specs_include_every_promised_kind():
@@ -65,8 +68,10 @@ def test_unknown_method():
 
 def test_non_positive_pnr():
     data = good()
-    data["space"]["overrides"]["pnr"] = {"low": 0, "high": 10}
+    data["space"]["overrides"]["pnr"] = {"low": 0, "high": 10, "log": False}
     assert "space.overrides.pnr = 0: compression.pnr: must be an integer >= 1" in errors(data)
+    data["space"]["overrides"]["pnr"] = {"low": 0, "high": 10}  # pnr's space is log-scaled
+    assert "space.overrides.pnr.low: a log range needs low > 0, got 0" in errors(data)
 
 
 def test_rc_outside_unit_interval():
@@ -126,6 +131,205 @@ def test_multi_objective_rules():
     data["objective"] = {"metrics": ["val_accuracy", "compression_ratio"]}
     data["scheduler"] = {"name": "asha"}
     assert "scheduler.name: asha stops trials on one metric" in errors(data)
+    data["scheduler"] = {"name": "none"}
+    data["search"] = {"sampler": "nsga2"}
+    parse_spec(data)  # two metrics: a Pareto front for nsga2
+    data["objective"] = {"metrics": ["compression_ratio"]}
+    assert "search.sampler: nsga2 is multi-objective" in errors(data)
+
+
+def lines(data: dict, **kwargs) -> list[str]:
+    """The problems of a spec, one per line."""
+    with pytest.raises(SpecError) as e:
+        parse_spec(data, **kwargs)
+    return e.value.problems
+
+
+def test_a_wrong_type_hides_nothing_and_space_problems_do_not_hide_train_ones():
+    data = good()
+    data["budget"] = {"num_trials": "five", "max_concurrent": 0}
+    data["space"] = {"name": "prunning"}
+    data["train"]["optim"] = {"lr": float("nan"), "momentum": -1, "schedul": "cosine"}
+    data["train"]["data"] = {"name": "fashion_mnist", "root": "/nonexistent/fmnist"}
+    data["tracking"] = {"uri": "ftp://x"}
+    found = lines(data)
+    for start in (
+        "budget.num_trials: expected int, got 'five'",
+        "budget.max_concurrent: must be >= 1, got 0",
+        "space.name: unknown search space 'prunning' (did you mean 'prune'?); valid: ",
+        "train.optim.lr: must be a finite number, got nan",
+        "train.optim.momentum: must be >= 0, got -1",
+        "train.optim.schedul: unknown field (did you mean 'schedule'?)",
+        "train.data.root: fashion_mnist: no directory with",  # the model-aware pass ran too
+        "tracking.uri: scheme 'ftp' is not one MLflow can track to",
+    ):
+        assert any(line.startswith(start) for line in found), (start, found)
+    assert all("\n" not in line for line in found)  # one line per problem
+
+
+def test_missing_sections_say_what_is_missing():
+    data = good()
+    del data["train"]
+    assert lines(data) == [
+        "train: missing; the base training config of every trial, as for `compsweep train`"
+    ]
+    data = good()
+    del data["train"]["run"]
+    assert lines(data)[0].startswith("train.run: missing; how long to train (epochs or steps)")
+
+
+def test_bad_ranges_are_named_not_raised():
+    data = good()
+    data["space"]["overrides"].update(
+        {"lr": {"low": "a", "high": "b"}, "rate": {"low": 0.9, "high": 0.5}, "pnr": float("nan")}
+    )
+    assert lines(data) == [
+        "space.overrides.pnr: must be a finite number, got nan",
+        "space.overrides.lr.low: expected a number, got 'a'",
+        "space.overrides.lr.high: expected a number, got 'b'",
+        "space.overrides.rate: low 0.9 must not exceed high 0.5",
+    ]
+
+
+def test_numbers_as_people_write_them():
+    text = """
+name: wd
+train: {data: {name: digits}, model: {name: small_cnn}, run: {steps: 1E2}, optim: {momentum: .5}}
+space: {name: weight_decay, overrides: {theta: {choices: [1e-3, 1e-2]}, pnr: {low: 1, high: 1e1}, lr: 5e-2}}
+budget: {num_trials: 2}
+"""
+    spec = parse_spec(yamlio.loads(text))
+    assert spec.space.overrides["theta"] == {"choices": [0.001, 0.01]}
+    assert trial_train_dict(spec, {"theta": 1e-3})["compression"]["params"]["theta"] == 0.001
+
+
+def test_objective_directions_come_from_the_metric_catalogue():
+    spec = parse_spec(good())
+    assert spec.objective.metrics == ["val_accuracy"] and spec.objective.modes() == ["max"]
+    data = good()
+    data["objective"] = {"metrics": ["val_accuracy", "params"], "modes": ["max", "max"]}
+    assert lines(data) == [
+        "objective.modes: remove it: directions come from the metric catalogue "
+        "(val_accuracy: max, params: min)"
+    ]
+    data["objective"] = {"metrics": ["test_accuracy", "e_w", "accuracy"]}
+    found = lines(data)
+    assert found[0].startswith(
+        "objective.metrics[0]: 'test_accuracy' is measured on the test split, which is never used"
+    )
+    assert found[1].startswith("objective.metrics[1]: 'e_w' has no better direction")
+    assert found[2].startswith(
+        "objective.metrics[2]: unknown metric 'accuracy' (did you mean 'val_accuracy'?)"
+    )
+
+
+def test_a_validation_metric_needs_a_validation_split():
+    data = good()
+    data["train"]["data"]["val_fraction"] = 0
+    assert lines(data) == [
+        "train.data.val_fraction: is 0, but objective.metrics val_accuracy are measured on the "
+        "validation split; hold out a fraction (e.g. 0.1) or choose other metrics"
+    ]
+    data["objective"] = {"metrics": ["compression_ratio"]}
+    parse_spec(data)
+    data["train"]["data"]["val_fraction"] = 1.0
+    assert lines(data) == ["train.data.val_fraction: must be < 1, got 1.0"]
+
+
+def test_tracking_uris_mlflow_cannot_use_are_refused_credentials_are_fine(tmp_path, monkeypatch):
+    data = good()
+    for uri, start in (
+        ("ftp://x", "tracking.uri: scheme 'ftp' is not one MLflow can track to"),
+        ("not a uri", "tracking.uri: 'not a uri' is a file path; MLflow 3 no longer tracks to"),
+        ("http://", "tracking.uri: 'http://' names no host; write http://HOST:PORT"),
+        ("http://h:port", "tracking.uri: 'http://h:port' is not a URI"),
+        ("", "tracking.uri: empty; leave it out (null)"),
+    ):
+        data["tracking"] = {"uri": uri}
+        assert lines(data, check_tracking=False)[0].startswith(start), uri
+    for uri in ("http://user:secret@mlflow:5000", "postgresql+psycopg://u:p@db/mlflow",
+                f"sqlite:///{tmp_path}/m.db"):  # fmt: skip
+        data["tracking"] = {"uri": uri}
+        assert parse_spec(data, check_tracking=False).tracking.uri == uri
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    data["tracking"] = {"uri": str(tmp_path / "mlruns")}
+    parse_spec(data, check_tracking=False)
+
+
+def test_storage_path_must_be_a_writable_folder_here(tmp_path):
+    data = good()
+    (tmp_path / "file").write_text("x")
+    data["storage"] = {"path": str(tmp_path / "file")}
+    assert lines(data) == [f"storage.path: {tmp_path / 'file'} is a file, not a folder"]
+    data["storage"] = {"path": str(tmp_path / "file" / "results")}
+    assert lines(data) == [
+        f"storage.path: {tmp_path / 'file'} is a file, so {tmp_path / 'file' / 'results'} "
+        "cannot be created"
+    ]
+    assert parse_spec(data, check_tracking=False).storage.path  # elsewhere (submit): not checked
+    data["storage"] = {"path": str(tmp_path / "new" / "results")}
+    parse_spec(data)
+    assert not (tmp_path / "new").exists()  # checked, not created
+
+
+def test_method_params_are_checked_and_named():
+    data = good()
+    data["method_params"] = {"prune": {"scope": "globl"}, "svd": {"rank": 2}, "prun": {}}
+    found = lines(data)
+    assert any(
+        line.startswith("method_params.prun: unknown method 'prun' (did you mean 'prune'?)")
+        for line in found
+    )
+    data["method_params"].pop("prun")
+    found = lines(data)
+    assert any(
+        "method_params.prune (scope='globl')" in line and "scope must be" in line for line in found
+    )
+    assert "method_params.svd: space 'prune' never trains svd (it trains prune)" in found
+
+
+# -------------------------------------------------------------------------------------------
+# grid search
+
+
+def grid(**overrides) -> dict:
+    data = good()
+    data["search"] = {"sampler": "grid"}
+    data["space"]["overrides"] = {"pnr": {"choices": [2, 4]}, "rate": {"choices": [0.5, 0.9]},
+                                  "lr": 0.05, **overrides}  # fmt: skip
+    del data["budget"]
+    return data
+
+
+def test_grid_runs_each_cell_once_by_default():
+    spec = parse_spec(grid())
+    assert spec.budget.num_trials == 4 == math.prod([2, 2])
+    assert from_dict_spec(spec.to_dict()).budget.num_trials == 4
+    data = grid()
+    data["budget"] = {"num_trials": 5}
+    assert lines(data) == [
+        "budget.num_trials: a grid runs each of its 4 cells once; leave num_trials out or set it "
+        "to 4 (got 5)"
+    ]
+
+
+def test_grid_refuses_ranges_and_conditional_spaces():
+    data = grid(rate={"low": 0.5, "high": 0.9})
+    assert lines(data) == [
+        "space.overrides.rate: searched over [0.5, 0.9]; give choices: [...] for a grid (or one "
+        "fixed value)"
+    ]
+    data = grid(lr={"low": 0.01, "high": 0.1, "log": True})
+    assert lines(data)[0].startswith("space.overrides.lr: searched over [0.01, 0.1] (log)")
+    data = grid()
+    data["space"] = {"name": "mixed", "overrides": {"method": {"choices": ["prune", "quantize"]}}}
+    assert lines(data)[0].startswith(
+        "space.overrides.method: space 'mixed' is conditional: method (prune, quantize) chooses "
+        "between branches"
+    )
+    # one branch made explicit: a grid over its knobs
+    data["space"]["overrides"] = {"method": "quantize", "pnr": {"choices": [2, 4]}, "lr": 0.05}
+    assert parse_spec(data).budget.num_trials == 8  # pnr x bits (1, 2, 3, 4)
 
 
 def test_objective_defaults_to_validation_accuracy_and_modes_follow_the_catalogue():
@@ -133,7 +337,7 @@ def test_objective_defaults_to_validation_accuracy_and_modes_follow_the_catalogu
     assert spec.objective.metrics == ["val_accuracy"]
     data = good()
     data["objective"] = {"metrics": ["val_loss", "compression_ratio", "params"]}
-    assert parse_spec(data).objective.resolved_modes() == ["min", "max", "min"]
+    assert parse_spec(data).objective.modes() == ["min", "max", "min"]
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,8 @@ from trainers.data import DataSplits, load_dataset
 from trainers.distortions import Distortion, DistortionContext, make_distortion
 from trainers.methods import MethodRecipe, PhaseReport
 from trainers.models import build_model
+from trainers.optim import lr_factor as optim_lr_factor
+from trainers.optim import make_optimizer
 from trainers.targets import compression_targets, module_of
 
 CHECKPOINT_VERSION = 1
@@ -72,15 +74,7 @@ def task_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
     """Learning-rate multiplier after ``step`` optimizer steps (epoch-based milestones)."""
-    o = cfg.optim
-    epoch = step / steps_per_epoch
-    if o.schedule == "step":
-        return o.gamma ** math.floor(epoch / o.step_size)
-    if o.schedule == "multistep":
-        return o.gamma ** sum(epoch >= m for m in o.milestones)
-    if o.schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-    return 1.0
+    return optim_lr_factor(cfg.optim, step, steps_per_epoch, total_steps)
 
 
 def _flushing_subnormals() -> bool:
@@ -241,14 +235,7 @@ class Trainer:
         return {n: p.detach() for n, p in self.targets.items()}
 
     def _make_optimizer(self, lr: float | None = None) -> torch.optim.Optimizer:
-        o = self.cfg.optim
-        params = self.model.parameters()
-        lr = o.lr if lr is None else lr
-        if o.optimizer == "adam":
-            return torch.optim.Adam(params, lr=lr, weight_decay=o.weight_decay)
-        return torch.optim.SGD(
-            params, lr=lr, momentum=o.momentum, nesterov=o.nesterov, weight_decay=o.weight_decay
-        )
+        return make_optimizer(self.model.parameters(), self.cfg.optim, lr)
 
     def _make_scheduler(self, steps: int) -> torch.optim.lr_scheduler.LambdaLR | None:
         """The learning-rate schedule of the optimizer over a run (or phase) of ``steps``."""

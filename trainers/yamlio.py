@@ -29,15 +29,47 @@ _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]
 _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXP_FLOAT, list("-+.0123456789"))
 
 
+MAX_VALUES = 100_000  # far above any spec or config; bounds what aliases can expand to
+MAX_DEPTH = 100  # nesting; deeper would exhaust the recursion of whatever walks the data
+
+
 def loads(text: str, source: str = "YAML text") -> Any:
     """Parse ``text``; raise :class:`YamlError` naming ``source``, line and column."""
     try:
-        return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise YamlError(f"{source}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise YamlError(f"{source}: nested too deeply to read") from None
+    _check_expansion(data, source)
+    return data
+
+
+def _check_expansion(data: Any, source: str) -> None:
+    """Anchors and aliases (``&a``, ``*a``) may make a list contain itself, or a few lines
+    expand to billions of values; everything that walks the data (validation, copies) would
+    then never end. Refuse both."""
+    count, path, stack = 0, set(), [(data, 0, False)]
+    while stack:
+        node, depth, leaving = stack.pop()
+        if leaving:
+            path.discard(id(node))
+            continue
+        count += 1
+        if count > MAX_VALUES:
+            raise YamlError(f"{source}: holds more than {MAX_VALUES} values (aliases expanding?)")
+        if depth > MAX_DEPTH:
+            raise YamlError(f"{source}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, dict | list):
+            if id(node) in path:
+                raise YamlError(f"{source}: an alias (*name) refers to a value that contains it")
+            path.add(id(node))
+            stack.append((node, depth, True))
+            children = node.values() if isinstance(node, dict) else node
+            stack.extend((c, depth + 1, False) for c in children)
 
 
 def load_file(path: str | Path) -> Any:
@@ -61,12 +93,17 @@ def load_file(path: str | Path) -> Any:
     return loads(text, str(p))
 
 
-def parse_scalar(text: str) -> Any:
+def parse_scalar(text: str, strict: bool = False) -> Any:
     """A value written on a command line or stored as text: ``0.1`` -> 0.1, ``1e-05`` -> 1e-05,
-    ``37`` -> 37, ``true`` -> True, ``[1, 2]`` -> [1, 2]; text that is not YAML stays text."""
+    ``37`` -> 37, ``true`` -> True, ``[1, 2]`` -> [1, 2]; text that is not YAML stays text.
+
+    With ``strict``, text that opens a YAML list, mapping or quoted string but does not close
+    it (``[1,``) raises :class:`YamlError` instead: it was meant as YAML, and is not."""
     try:
         return loads(text)
-    except YamlError:
+    except YamlError as e:
+        if strict and text.lstrip()[:1] in ("[", "{", '"', "'"):
+            raise YamlError(f"{text!r}: {str(e).removeprefix('YAML text: ')}") from None
         return text
 
 
