@@ -352,11 +352,11 @@ def test_objective_refuses_test_and_directionless_metrics(metric, why):
     data = good()
     data["objective"] = {"metrics": [metric]}
     msg = errors(data)
-    assert f"objective.metrics: '{metric}'" in msg or f"unknown metric '{metric}'" in msg
+    assert f"objective.metrics[0]: '{metric}'" in msg or f"unknown metric '{metric}'" in msg
     assert why in msg and "val_accuracy" in msg  # the valid choices are listed
 
 
 def test_a_validation_objective_needs_a_validation_split():
     data = good()
     data["train"]["data"]["val_fraction"] = 0
-    assert "train.data.val_fraction is 0" in errors(data)
+    assert "train.data.val_fraction: is 0, but objective.metrics val_accuracy" in errors(data)
