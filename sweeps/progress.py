@@ -42,8 +42,12 @@ class SweepProgress(Callback):
         done = sum(t.status in ("TERMINATED", "ERROR") or t is ending for t in trials)
         running = sum(t.status == "RUNNING" and t is not ending for t in trials)
         best = f"best {self.metric} {self.best[0]:.4f} ({self.best[1]})" if self.best else "best -"
+        from sweeps.secrets import redact
+
         print(
-            f"[{time.perf_counter() - self.t0:6.0f}s] {done}/{self.total} done, {running} running, {best} | {text}",
+            redact(
+                f"[{time.perf_counter() - self.t0:6.0f}s] {done}/{self.total} done, {running} running, {best} | {text}"
+            ),
             file=self.stream or sys.stdout,
             flush=True,
         )
@@ -83,7 +87,9 @@ class SweepProgress(Callback):
         self._line(trials, text, ending=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, f"trial {trial.trial_id} FAILED: see {trial.path or 'its log'}", trial)
+        from sweeps.status import error_reason
+
+        self._line(trials, f"trial {trial.trial_id} FAILED: {error_reason(trial)}", trial)
 
 
 def best_rows(
