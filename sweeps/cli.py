@@ -165,22 +165,6 @@ def _load_spec_or_exit(
         return None
 
 
-def _env_names(items: list[str] | None) -> list[str] | None:
-    """``--env KEY`` / ``--env KEY=VALUE`` items as variable names; a value is put in this
-    process's environment first (the trials get it from there)."""
-    import os
-
-    if items is None:
-        return None
-    names = []
-    for item in items:
-        key, sep, value = item.partition("=")
-        if sep:
-            os.environ[key] = value
-        names.append(key)
-    return names
-
-
 def _sweep_command(run) -> int:
     """Run ``run()`` (a sweep's driver); map its refusals to exit codes."""
     from sweeps.lock import SweepBusy
@@ -210,7 +194,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from sweeps.runner import run_sweep
 
-    env = _env_names(args.env)
+    env = args.env
     return _sweep_command(lambda: run_sweep(spec, address=args.address, forward_env=env,
                                             autoscaling=args.autoscaling))  # fmt: skip
 
@@ -232,7 +216,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
                   "reachable from here; resume it where that folder is", file=sys.stderr)  # fmt: skip
             return 2
         path = record.path
-    env = _env_names(args.env)
+    env = args.env
     return _sweep_command(lambda: resume_sweep(path, address=args.address, forward_env=env,
                                                retry_failed=args.retry_failed))  # fmt: skip
 

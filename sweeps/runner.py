@@ -127,18 +127,30 @@ def ray_auth_env() -> dict[str, str]:
     return {}
 
 
-def _loopback_only() -> None:
-    """Make the local Ray instance listen on 127.0.0.1 only.
+@contextlib.contextmanager
+def _loopback_only():
+    """Make the local Ray instance started inside this block listen on 127.0.0.1 only.
 
     Ray resolves a node address of 127.0.0.1 to the machine's routable address and binds its
     servers there and on all interfaces; it keeps loopback only when clusters are off (its
-    setting for single-machine platforms). Set that for this process and the processes Ray
-    starts (the module constant too, in case Ray was imported already).
+    setting for single-machine platforms). That setting is read by this process (a module
+    constant) and by the processes Ray starts (the environment), so set both while Ray starts,
+    and put them back afterwards.
     """
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     import ray._private.ray_constants as ray_constants
 
+    var = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+    saved_env, saved_const = os.environ.get(var), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[var] = "0"
     ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_const
+        if saved_env is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = saved_env
 
 
 def connect_ray(
@@ -148,21 +160,21 @@ def connect_ray(
 ) -> None:
     """Join the cluster at ``address`` / ``RAY_ADDRESS`` (as inside ``ray job submit``), else
     start a Ray of our own on this machine, on loopback only, whatever cluster ``/tmp/ray``
-    remembers. ``env_vars`` reach the trials on a cluster (a local Ray's workers inherit this
-    process's environment)."""
+    remembers. ``env_vars`` reach the trials (a job's own variables already do)."""
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+    runtime_env = {"env_vars": env_vars} if env_vars and not in_job else None
     if address and address != "local":
         os.environ.update(ray_auth_env())
-        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
-        runtime_env = {"env_vars": env_vars} if env_vars and not in_job else None
         ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     else:
-        _loopback_only()
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+        with _loopback_only():
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                     log_to_driver=False, runtime_env=runtime_env)  # fmt: skip
 
 
 def check_resources(spec: SweepSpec, autoscaling: bool = False) -> list[str]:
@@ -250,9 +262,9 @@ def study_storage_url(spec: SweepSpec, path: str) -> str:
 def _searcher(spec: SweepSpec, record: SweepRecord) -> Any:
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     from search_spaces import define_by_run
+    from sweeps.study import StudySearch as _StudySearch
 
     metrics, modes = _objective(spec)
     sampler = {
@@ -260,7 +272,7 @@ def _searcher(spec: SweepSpec, record: SweepRecord) -> Any:
         "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=spec.seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=spec.seed),
     }[spec.search.sampler]()
-    searcher = OptunaSearch(
+    searcher = _StudySearch(
         space=define_by_run(spec.space.name, spec.space.overrides),
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
@@ -389,12 +401,22 @@ def _wait_quietly(opening: Future) -> None:
         opening.result()
 
 
-def _forwarded(names: list[str]) -> dict[str, str]:
-    """Values of the variables to forward to trials on a cluster (an unset one is an error)."""
-    missing = [n for n in names if n not in os.environ]
+def _forwarded(items: list[str]) -> dict[str, str]:
+    """``KEY`` (this environment's value) and ``KEY=VALUE`` items as the variables the trials
+    get; an unset ``KEY`` is an error."""
+    out: dict[str, str] = {}
+    missing = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if sep:
+            out[key] = value
+        elif key in os.environ:
+            out[key] = os.environ[key]
+        else:
+            missing.append(key)
     if missing:
         raise SweepError([f"--env {n}: not set in this environment" for n in missing])
-    return {n: os.environ[n] for n in names}
+    return out
 
 
 def _driver_tags(record: SweepRecord) -> dict[str, str]:

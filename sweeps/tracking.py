@@ -159,27 +159,25 @@ _init_lock = threading.Lock()
 
 def mlflow_client(uri: str):
     """An ``MlflowClient`` for ``uri``. The first use of an SQLite store in this process runs
-    under a file lock beside the database: MLflow creates its tables on first use, and two
-    sweeps starting at once on a new ``mlflow.db`` would otherwise race ("table ... already
-    exists")."""
+    under a file lock beside the database: MLflow creates its tables when a client is made,
+    and two sweeps starting at once on a new ``mlflow.db`` would otherwise race ("table ...
+    already exists", "duplicate column name")."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(tracking_uri=uri)
     db = _sqlite_path(uri)
     if db is None or uri in _initialized_stores:
-        return client
+        return MlflowClient(tracking_uri=uri)
     import fcntl
 
     with _init_lock:
-        if uri not in _initialized_stores:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            with open(f"{db}-init.lock", "a") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)
-                try:
-                    client.search_experiments(max_results=1)  # creates or checks the tables
-                finally:
-                    fcntl.flock(lock, fcntl.LOCK_UN)
-            _initialized_stores.add(uri)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{db}-init.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                client = MlflowClient(tracking_uri=uri)  # creates or upgrades the tables
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        _initialized_stores.add(uri)
     return client
 
 
