@@ -13,8 +13,6 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from trainers import yamlio
 from trainers.validation import ConfigError, Problem, shown
 
@@ -306,6 +304,26 @@ def _load_spec(
     return spec, overrides
 
 
+def _sweep_command(run) -> int:
+    """Run ``run()`` (a sweep's driver); map its refusals to exit codes."""
+    from sweeps.lock import SweepBusy
+    from sweeps.outcomes import EXIT_BAD_INPUT, EXIT_BUSY
+    from sweeps.runner import SweepError
+
+    try:
+        record = run()
+    except SweepBusy as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BUSY
+    except SweepError as e:
+        print(f"error: the sweep cannot run as specified:\n{e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return record.outcome.exit_code() if record.outcome else 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     spec, _ = _load_spec(args.spec, args.set)
     if args.check:
@@ -313,124 +331,74 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     from sweeps.runner import run_sweep
 
-    run_sweep(spec, address=args.address)
-    return 0
+    env = args.env
+    return _sweep_command(lambda: run_sweep(spec, address=args.address, forward_env=env,
+                                            autoscaling=args.autoscaling))  # fmt: skip
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.runner import resume_sweep
 
+    path = args.path
+    if not (Path(path) / "compsweep.json").is_file():
+        from sweeps.lookup import resolve
+
+        try:
+            info, record = resolve(path, args.tracking_uri)
+        except FileNotFoundError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        if record is None:
+            print(f"error: the folder of sweep {info.sweep_id} ({info.path or 'unknown'}) is not "
+                  "reachable from here; resume it where that folder is", file=sys.stderr)  # fmt: skip
+            return 2
+        path = record.path
+    env = args.env
+    return _sweep_command(lambda: resume_sweep(path, address=args.address, forward_env=env,
+                                               retry_failed=args.retry_failed))  # fmt: skip
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from sweeps.stopping import stop_sweep
+
     try:
-        resume_sweep(args.path, address=args.address)
+        return stop_sweep(args.sweep, tracking_uri=args.tracking_uri, address=args.address,
+                          timeout=args.timeout)  # fmt: skip
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
     """Validate here, then run `compsweep run` as a Ray job on the cluster, shipping this folder."""
-    import json
     import os
-    import shutil
-    import subprocess
-    import tempfile
+
+    from sweeps.submit import submit
 
     # The tracking server is checked where the sweep runs (`compsweep run` on the cluster):
     # a cluster-internal URL such as http://mlflow:5000 need not resolve on this machine.
     # The job runs the spec path relative to the shipped folder: validate that same file.
     spec_path = args.spec if os.path.isabs(args.spec) else os.path.join(args.working_dir, args.spec)
     spec, overrides = _load_spec(spec_path, args.set, check_tracking=False, check_storage=False)
-    if spec.tracking.uri:
+    if not spec.tracking.uri and os.environ.get("MLFLOW_TRACKING_URI"):
+        spec.tracking.uri = os.environ["MLFLOW_TRACKING_URI"]
+    if spec.tracking.uri and spec.tracking.uri.startswith(("http://", "https://")):
+        from sweeps.secrets import redact, split_credentials
         from sweeps.tracking import check_tracking_uri
 
-        problem = check_tracking_uri(spec.tracking.uri, timeout=5)
+        problem = check_tracking_uri(split_credentials(spec.tracking.uri)[0], timeout=5)
         if problem:
-            print(f"warning (from this machine; the cluster checks again): {problem}", flush=True)
-    ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
-    excludes = [
-        ".venv",
-        "venv",
-        ".git",
-        "mlruns",
-        "mlartifacts",
-        "mlflow.db",
-        "compsweep_results",
-        "ray_results",
-        "data",
-        "**/__pycache__",
-        "*.pt",
-        "*.ckpt",
-    ]
-    entry = [args.python, "-m", "sweeps.cli", "run", args.spec]
-    for key, value in overrides:
-        entry += ["--set", f"{key}={json.dumps(value)}"]
-    env_vars = {}
-    for item in args.env or []:
-        key, sep, value = item.partition("=")
-        if not sep and key not in os.environ:
-            print(f"error: --env {key}: not set in this environment", file=sys.stderr)
-            return 2
-        env_vars[key] = value if sep else os.environ[key]
-    with tempfile.TemporaryDirectory(prefix="compsweep-submit-") as tmp:
-        if env_vars:
-            # Values (e.g. MLflow credentials) reach the job through a private file, not the
-            # command line, which other users of this machine can read.
-            runtime_env = Path(tmp) / "runtime_env.yaml"
-            runtime_env.write_text(yaml.safe_dump({"excludes": excludes, "env_vars": env_vars}))
-            runtime_args = ["--runtime-env", str(runtime_env)]
-        else:
-            runtime_args = ["--runtime-env-json", json.dumps({"excludes": excludes})]
-        cmd = [
-            ray_cli,
-            "job",
-            "submit",
-            "--address",
-            args.address,
-            "--working-dir",
-            args.working_dir,
-            *runtime_args,
-        ]
-        if args.no_wait:
-            cmd.append("--no-wait")
-        cmd += ["--", *entry]
-        shown = f"  (env_vars: {', '.join(env_vars)})" if env_vars else ""
-        print("+ " + " ".join(cmd) + shown, flush=True)
-        from sweeps.runner import ray_auth_env
-
-        # `ray job submit` finds the cluster's token but sends it only with RAY_AUTH_MODE=token.
-        return subprocess.call(cmd, env={**os.environ, **ray_auth_env()})
+            print(f"warning (from this machine; the cluster checks again): {redact(problem)}",
+                  flush=True)  # fmt: skip
+    return submit(spec, spec_arg=args.spec, overrides=overrides, address=args.address,
+                  working_dir=args.working_dir, python=args.python, env_items=args.env or [],
+                  no_wait=args.no_wait)  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.progress import print_table
-    from sweeps.runner import SweepRecord, trial_rows
-    from trainers.metrics import METRICS, rank_key
+    from sweeps.statusview import show_status
 
-    paths = [Path(args.path)] if args.path else sorted(Path(args.storage).glob("*/compsweep.json"))
-    if not paths:
-        print(f"no sweeps under {args.storage}")
-        return 1
-    for p in paths:
-        try:
-            record = SweepRecord.load(p if p.is_dir() else p.parent)
-        except FileNotFoundError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        rows = trial_rows(record)
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        total = record.spec["budget"]["num_trials"]
-        summary = (
-            ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trial runs yet"
-        )
-        print(f"{record.sweep_id}: {len(rows)}/{total} trials in MLflow ({summary}); {record.path}")
-        if args.path:
-            metric = record.spec["objective"]["metrics"][0]
-            rows.sort(key=lambda r: rank_key(metric, r.get(metric)) if metric in METRICS else 0)
-            print_table(rows)
-    return 0
+    return show_status(args.path, storage=args.storage, tracking_uri=args.tracking_uri)
 
 
 def cmd_schema(args: argparse.Namespace) -> int:
@@ -454,6 +422,17 @@ def cmd_ui(args: argparse.Namespace) -> int:
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
     os.execv(mlflow, cmd)
     return 0
+
+
+def _add_env_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
+    p.add_argument(
+        "--env",
+        action="append",
+        metavar="KEY[=VALUE]",
+        help="an environment variable the trials need on a cluster (e.g. "
+        "MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD); KEY alone forwards its value "
+        f"here; recorded by name for resume (repeatable) {extra}".rstrip(),
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,6 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, e.g. --set budget.num_trials=4 (repeatable)",
     )
     p.add_argument("--check", action="store_true", help="only validate the spec")
+    _add_env_arg(p)
+    p.add_argument(
+        "--autoscaling",
+        action="store_true",
+        help="the cluster adds nodes on demand: per-trial resources no node has yet are a "
+        "warning, not an error",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -615,27 +601,56 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "resume",
-        help="continue an interrupted sweep from its folder",
-        description="Resume an interrupted sweep: unfinished and failed trials continue from their "
-        "checkpoints and keep logging into their own MLflow runs.",
+        help="continue an interrupted or stopped sweep",
+        description="Resume a sweep: unfinished trials continue from their checkpoints and keep "
+        "logging into their own MLflow runs (with --retry-failed, failed trials too). Refused "
+        "while another driver holds the sweep.",
+    )
+    p.add_argument("path", help="the sweep folder printed by `compsweep run`, or the sweep id")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="also restart failed trials from their last checkpoints, into their own runs",
+    )
+    p.add_argument("--tracking-uri", help="where to look up a sweep id (default: ./mlflow.db)")
+    _add_env_arg(p, "(default: the variables the sweep was started with)")
+    p.set_defaults(func=cmd_resume)
+
+    p = sub.add_parser(
+        "stop",
+        help="stop a running sweep gracefully (local or submitted) and settle its runs",
+        description="Ask the sweep's driver to stop (as Ctrl-C would): trials stop, every open run "
+        "ends KILLED, and the sweep stays resumable. A driver that is gone (killed, `ray job "
+        "stop`) leaves orphaned runs: they are settled here.",
+    )
+    p.add_argument("sweep", help="sweep folder or sweep id")
+    p.add_argument("--tracking-uri", help="where to look up a sweep id (default: ./mlflow.db)")
+    p.add_argument(
+        "--address", help="the cluster's job API, to stop a submitted sweep's Ray job if needed"
     )
     p.add_argument(
-        "path", help="the sweep folder printed by `compsweep run` (holds compsweep.json)"
+        "--timeout", type=float, default=120.0, help="seconds to wait for the driver (default 120)"
     )
-    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    p.set_defaults(func=cmd_resume)
+    p.set_defaults(func=cmd_stop)
 
     p = sub.add_parser(
         "status",
         help="list sweeps, or show one sweep's trials",
-        description="Without PATH: one line per sweep under --storage. With PATH: that "
-        "sweep's trials from MLflow, best first (works while it runs).",
+        description="Without SWEEP: one line per sweep, from the folders under --storage and the "
+        "tracking store. With SWEEP (folder or id): its trials from MLflow, best first, with the "
+        "reason of each failed or stopped one (works while it runs). A sweep whose driver died "
+        "shows as orphaned; `compsweep stop` or `resume` settles it.",
     )
-    p.add_argument("path", nargs="?", help="a sweep folder")
+    p.add_argument("path", nargs="?", metavar="SWEEP", help="a sweep folder or sweep id")
     p.add_argument(
         "--storage",
         default="compsweep_results",
         help="where sweeps are stored (default: compsweep_results)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        help="tracking store to list (default: MLFLOW_TRACKING_URI or ./mlflow.db)",
     )
     p.set_defaults(func=cmd_status)
 

@@ -48,8 +48,12 @@ class SweepProgress(Callback):
             if self.best
             else "best -"
         )
+        from sweeps.secrets import redact
+
         print(
-            f"[{time.perf_counter() - self.t0:6.0f}s] {done}/{self.total} done, {running} running, {best} | {text}",
+            redact(
+                f"[{time.perf_counter() - self.t0:6.0f}s] {done}/{self.total} done, {running} running, {best} | {text}"
+            ),
             file=self.stream or sys.stdout,
             flush=True,
         )
@@ -99,7 +103,9 @@ class SweepProgress(Callback):
         self._line(trials, text, ending=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._line(trials, f"trial {trial.trial_id} FAILED: see {trial.path or 'its log'}", trial)
+        from sweeps.status import error_reason
+
+        self._line(trials, f"trial {trial.trial_id} FAILED: {error_reason(trial)}", trial)
 
 
 def best_rows(

@@ -1,19 +1,44 @@
-"""The Optuna searcher of a sweep, aware of diverged trials."""
+"""The Optuna searcher of a sweep: aware of diverged trials, tolerant of a storage that stops
+taking intermediate values. Its study lives in an RDB storage (an SQLite file in the sweep
+folder by default), so a resumed sweep keeps the sampler's history and the study opens with
+``optuna.load_study`` or optuna-dashboard."""
 
 from __future__ import annotations
 
+import logging
+
 from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
 
 
 class SweepOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a diverged trial as FAIL in the Optuna study.
+    """OptunaSearch that records a diverged trial as FAIL, and survives a failed write of an
+    intermediate value.
 
     A diverged trial ends without an error (so that Tune does not retry it) and with NaN
     objectives. OptunaSearch would tell Optuna COMPLETE with NaN, which Optuna refuses (a
     logged ValueError), leaving the trial RUNNING in the study; told as an error, it is FAIL.
+
+    Tune reports every intermediate result to the searcher, which records it in the study. If
+    the storage stops taking writes (a sweep folder turned read-only, a database outage), that
+    bookkeeping is lost but the trials go on and are counted by how they end; a crash of the
+    driver would instead leave every trial unsettled. Suggesting new trials still needs the
+    storage, and fails loudly.
     """
+
+    _warned = False
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if result and result.get("diverged"):
             return super().on_trial_complete(trial_id, result=None, error=True)
         return super().on_trial_complete(trial_id, result=result, error=error)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        try:
+            super().on_trial_result(trial_id, result)
+        except Exception as e:
+            if not SweepOptunaSearch._warned:
+                SweepOptunaSearch._warned = True
+                log.warning("Optuna study storage refused an intermediate value (%s)",
+                            str(e).splitlines()[0][:200])  # fmt: skip

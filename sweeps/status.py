@@ -1,6 +1,9 @@
-"""Driver-side bookkeeping of trial runs: a trial that Tune ended without the trial closing its
-own MLflow run (stopped early by ASHA, or failed for good) gets its run settled here, with any
-points its last checkpoint still held unsent."""
+"""Driver-side settling of trial runs.
+
+A trial that Tune ended without the trial closing its own MLflow run (stopped early by ASHA,
+failed for good, or stopped with the sweep) gets its run settled here, with any points its
+last checkpoint still held unsent, and a ``compsweep.status`` tag saying how it ended.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,14 @@ from typing import Any
 
 from ray.tune import Callback
 
-from sweeps.tracking import TrialTracker
+from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker
+
+# Per sweep id, in the driver process (Tune may copy callback objects, so not on them): Tune's
+# live list of trials, and the ids of trials that really ended (completed, stopped early, failed
+# or diverged), in this driver or before it. After Ctrl-C Tune marks the trials it stops
+# TERMINATED as well: only these ids tell an ended trial from an interrupted one.
+_LIVE_TRIALS: dict[str, list] = {}
+_ENDED: dict[str, set[str]] = {}
 
 
 def settle_trial_run(
@@ -18,9 +28,10 @@ def settle_trial_run(
     trial_id: str,
     status: str,
     checkpoint_dir: str | None,
+    tags: dict[str, str] | None = None,
     timeout: float = 60.0,
 ) -> bool:
-    """Flush what the trial's latest checkpoint held and set the run's final status."""
+    """Flush what the trial's latest checkpoint held, tag the run and set its final status."""
     from sweeps.trial import TRACKER_FILE
 
     state = None
@@ -35,6 +46,8 @@ def settle_trial_run(
         trial_id=trial_id,
         state=state,
     )
+    if tags:
+        tracker.set_tags(tags)
     return tracker.close(status=status, timeout=timeout)
 
 
@@ -44,17 +57,90 @@ def _checkpoint_dir(trial: Any) -> str | None:
     return path if path and Path(path).is_dir() else None
 
 
+def error_reason(trial: Any) -> str:
+    """The last line of a failed trial's error (``ValueError: ...``), for one-line reports."""
+    text = ""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        text = Path(path).read_text(errors="replace")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    # Ray wraps the trial's error: the last "Type: message" line is the original one.
+    for line in reversed(lines):
+        head = line.split(":", 1)[0]
+        if ":" in line and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
+            return line[:500]
+    return lines[-1][:500] if lines else "unknown error (see the trial's log)"
+
+
+def tune_trials(sweep_id: str) -> list:
+    """The trials Tune knew in this driver process for ``sweep_id`` (empty if none)."""
+    return list(_LIVE_TRIALS.get(sweep_id, []))
+
+
+def unended_trials(sweep_id: str) -> list:
+    """Trials Tune knew that did not really end: stopped with the sweep (Ctrl-C, ``stop``)."""
+    ended = _ENDED.get(sweep_id, set())
+    return [t for t in tune_trials(sweep_id) if t.trial_id not in ended]
+
+
+def forget(sweep_id: str) -> None:
+    """Drop this process's bookkeeping of a sweep (before it is resumed in this process)."""
+    _LIVE_TRIALS.pop(sweep_id, None)
+    _ENDED.pop(sweep_id, None)
+
+
 class TrialRunStatus(Callback):
-    """Marks early-stopped trials KILLED and trials that failed for good FAILED in MLflow; a
-    diverged trial has settled its own run (FAILED, with the reason) and is left alone."""
+    """Settles runs as Tune ends trials: early-stopped ones KILLED (``stopped``), trials that
+    failed for good FAILED (``failed``, with the error's last line as the reason); a diverged
+    trial has settled its own run (FAILED, with the reason) and is left alone."""
 
     def __init__(self, facts: dict[str, Any]) -> None:
         self.facts = facts
 
+    def on_step_begin(self, iteration, trials, **info):
+        sweep_id = self.facts["sweep_id"]
+        if sweep_id not in _LIVE_TRIALS:  # first step: trials that ended before a resume
+            ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
+            _ENDED.setdefault(sweep_id, set()).update(ended)
+        _LIVE_TRIALS[sweep_id] = trials
+
     def on_trial_complete(self, iteration, trials, trial, **info):
-        last = trial.last_result or {}
-        if not last.get("completed") and not last.get("diverged"):  # stopped by the scheduler
-            settle_trial_run(self.facts, trial.trial_id, "KILLED", _checkpoint_dir(trial))
+        _ENDED.setdefault(self.facts["sweep_id"], set()).add(trial.trial_id)
+        result = trial.last_result or {}
+        if result.get("completed") or result.get("diverged"):
+            return  # the trial closed its own run (FINISHED, or FAILED as diverged)
+        epoch = result.get("epoch")
+        where = f" at epoch {epoch:.2f}" if isinstance(epoch, int | float) else ""
+        tags = {STATUS_TAG: "stopped", STATUS_REASON_TAG: f"stopped early by the scheduler{where}"}
+        settle_trial_run(self.facts, trial.trial_id, "KILLED", _checkpoint_dir(trial), tags)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        settle_trial_run(self.facts, trial.trial_id, "FAILED", _checkpoint_dir(trial))
+        _ENDED.setdefault(self.facts["sweep_id"], set()).add(trial.trial_id)
+        tags = {STATUS_TAG: "failed", STATUS_REASON_TAG: error_reason(trial)}
+        settle_trial_run(self.facts, trial.trial_id, "FAILED", _checkpoint_dir(trial), tags)
+
+
+def settle_open_runs(facts: dict[str, Any], reason: str) -> int:
+    """After ``fit()`` returned: end every run of the sweep still open KILLED (``killed``), the
+    trials Tune stopped with the sweep with what their last checkpoint held. Returns how many."""
+    from sweeps.tracking import find_trial_runs
+
+    tags = {STATUS_TAG: "killed", STATUS_REASON_TAG: reason}
+    settled = 0
+    known = {t.trial_id for t in tune_trials(facts["sweep_id"])}
+    for trial in unended_trials(facts["sweep_id"]):
+        settle_trial_run(facts, trial.trial_id, "KILLED", _checkpoint_dir(trial), tags)
+        settled += 1
+    try:
+        runs = find_trial_runs(facts["tracking_uri"], facts["experiment_id"], facts["sweep_id"])
+    except Exception:
+        return settled
+    for run in runs:
+        if run.info.status in ("RUNNING", "SCHEDULED"):
+            tid = run.data.tags.get("compsweep.trial_id", "")
+            why = (
+                reason if tid in known else f"{reason}; its trial is not in the sweep's saved state"
+            )
+            settle_trial_run(facts, tid, "KILLED", None, {**tags, STATUS_REASON_TAG: why})
+            settled += 1
+    return settled

@@ -64,8 +64,14 @@ Point = tuple[str, float, int, int]
 
 
 def default_tracking_uri() -> str:
-    """The embedded SQLite store in the working directory, as an absolute URI so Ray workers
-    running in other directories write to the same file."""
+    """``MLFLOW_TRACKING_URI`` when set (MLflow's own convention), else the embedded SQLite
+    store in the working directory, as an absolute URI so Ray workers running in other
+    directories write to the same file."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or embedded_tracking_uri()
+
+
+def embedded_tracking_uri() -> str:
+    """The embedded SQLite store ``./mlflow.db``, as an absolute URI."""
     return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
 
 
@@ -147,10 +153,35 @@ def check_tracking_uri(uri: str, timeout: float = 10) -> str | None:
 # Driver helpers (blocking; called before and after the trials)
 
 
-def _client(uri: str):
+_initialized_stores: set[str] = set()
+_init_lock = threading.Lock()
+
+
+def mlflow_client(uri: str):
+    """An ``MlflowClient`` for ``uri``. The first use of an SQLite store in this process runs
+    under a file lock beside the database: MLflow creates its tables when a client is made,
+    and two sweeps starting at once on a new ``mlflow.db`` would otherwise race ("table ...
+    already exists", "duplicate column name")."""
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    db = _sqlite_path(uri)
+    if db is None or uri in _initialized_stores:
+        return MlflowClient(tracking_uri=uri)
+    import fcntl
+
+    with _init_lock:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{db}-init.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                client = MlflowClient(tracking_uri=uri)  # creates or upgrades the tables
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        _initialized_stores.add(uri)
+    return client
+
+
+_client = mlflow_client
 
 
 def _q(value: str) -> str:
@@ -228,22 +259,34 @@ def _find_runs(client, experiment_id: str, tags: Mapping[str, str]) -> list:
     return _search_all(client, experiment_id, filt, ["attributes.start_time ASC"])
 
 
-def start_sweep_run(uri: str, experiment_id: str, sweep_id: str, spec: dict[str, Any]) -> str:
-    """Get or create the parent run of sweep ``sweep_id`` and log ``spec.yaml`` into it.
+def start_sweep_run(
+    uri: str,
+    experiment_id: str,
+    sweep_id: str,
+    spec: dict[str, Any] | None,
+    tags: Mapping[str, str] | None = None,
+) -> str:
+    """Get or create the parent run of sweep ``sweep_id``, set ``tags`` on it and log
+    ``spec.yaml`` into it (unless ``spec`` is None).
 
     A resumed sweep finds its existing parent run (set back to RUNNING) and continues it.
     """
+    from mlflow.entities import RunTag
+
     client = _client(uri)
-    tags = {ROLE_TAG: "sweep", SWEEP_ID_TAG: sweep_id}
-    runs = _find_runs(client, experiment_id, tags)
+    ident = {ROLE_TAG: "sweep", SWEEP_ID_TAG: sweep_id}
+    runs = _find_runs(client, experiment_id, ident)
     if runs:
         run = runs[0]
         run_id = run.info.run_id
         if run.info.status != "RUNNING":
             client.update_run(run_id, status="RUNNING")
     else:
-        run_id = client.create_run(experiment_id, tags=tags, run_name=sweep_id).info.run_id
-    client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), "spec.yaml")
+        run_id = client.create_run(experiment_id, tags=ident, run_name=sweep_id).info.run_id
+    if tags:
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    if spec is not None:
+        client.log_text(run_id, yaml.safe_dump(spec, sort_keys=False), "spec.yaml")
     return run_id
 
 
@@ -276,15 +319,32 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 
 def _is_transient(exc: BaseException) -> bool:
-    """Worth retrying: the server is down, overloaded, or answered 5xx / 429 / auth errors
-    (a misconfiguration that a human can fix; dropping data would be worse). Requests that the
-    server rejects for their content (4xx: invalid value, changed param, deleted run) are not."""
+    """Worth retrying: the server is down or overloaded (5xx / 408 / 429). Requests that the
+    server rejects for their content (4xx: invalid value, changed param, deleted run) are not,
+    and neither are refused credentials (401 / 403: see :func:`_is_auth_error`)."""
     from mlflow.exceptions import MlflowException
 
     if not isinstance(exc, MlflowException):
         return True  # connection errors, timeouts, a locked SQLite file, …
     status = exc.get_http_status_code()
-    return status >= 500 or status in (401, 403, 408, 429) or exc.error_code == "ENDPOINT_NOT_FOUND"
+    return status >= 500 or status in (408, 429) or exc.error_code == "ENDPOINT_NOT_FOUND"
+
+
+def _is_auth_error(exc: BaseException) -> bool:
+    """The server refused the credentials or the permission: retrying cannot help, and a trial
+    must not train for hours into a store that will never take its data."""
+    from mlflow.exceptions import MlflowException
+
+    if not isinstance(exc, MlflowException):
+        return False
+    return exc.get_http_status_code() in (401, 403) or exc.error_code in (
+        "UNAUTHENTICATED",
+        "PERMISSION_DENIED",
+    )
+
+
+class TrackingRefused(RuntimeError):
+    """The tracking server refused this trial's credentials or permission."""
 
 
 class _RunGone(Exception):
@@ -386,6 +446,7 @@ class TrialTracker:
         self._fail_seq = 0  # failed send attempts so far (flush() watches it)
         self._failures = 0  # consecutive failures (backoff)
         self._last_error: str | None = None
+        self._fatal: str | None = None  # the server refused us for good (credentials)
         self._last_warn = 0.0
         self._seq = 0
         self._created_ms = int(time.time() * 1000)
@@ -423,9 +484,35 @@ class TrialTracker:
         """The last transient send failure (None once sending works again)."""
         return self._last_error
 
+    @property
+    def refused(self) -> str | None:
+        """Why the server refused this tracker for good (credentials, permission), else None."""
+        return self._fatal
+
+    def _raise_if_refused(self) -> None:
+        if self._fatal is not None:
+            raise TrackingRefused(self._fatal)
+
+    def wait_ready(self, timeout: float = 30.0) -> bool:
+        """Wait up to ``timeout`` s for the run to be found or created: True once it is, False
+        while the server is unreachable (training goes on and points buffer). Raises
+        :class:`TrackingRefused` as soon as the server refuses the credentials."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._wake.set()
+            while not self._run_ready and self._fatal is None and self._thread.is_alive():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self._cond.wait(min(remaining, 0.2))
+        self._raise_if_refused()
+        return self._run_ready
+
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer one point per key at ``step``, timestamped now. Blocks only when the buffer
-        is full (back-pressure during a long outage); never raises for the server's sake."""
+        is full (back-pressure during a long outage); raises :class:`TrackingRefused` once the
+        server has refused the credentials, never for an outage."""
+        self._raise_if_refused()
         ts = int(time.time() * 1000)
         step = int(step)
         points = []
@@ -457,12 +544,14 @@ class TrialTracker:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Buffer params (nested mappings flattened to dotted keys, values stringified)."""
+        self._raise_if_refused()
         items = list(flatten_params(params).items())
         if items:
             self._add_op(("params", items))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         """Buffer run tags (values stringified)."""
+        self._raise_if_refused()
         items = [(str(k), str(v)[:MAX_TAG_VAL_LENGTH]) for k, v in tags.items()]
         if items:
             self._add_op(("tags", items))
@@ -470,6 +559,7 @@ class TrialTracker:
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         """Copy the file into the spool directory now (the caller may delete it) and upload it
         in the background."""
+        self._raise_if_refused()
         if self._closed:
             log.warning("tracker closed; artifact %s not logged", local_path)
             return
@@ -676,6 +766,20 @@ class TrialTracker:
                 if self._closing is not None:
                     self._terminate()
             except Exception as e:
+                if _is_auth_error(e):
+                    # Refused credentials do not come back by waiting: stop, keep the data
+                    # (state() and the spool), and let the training thread raise.
+                    self._fatal = (
+                        f"MLflow at {self.tracking_uri} refused this trial "
+                        f"({str(e).splitlines()[0][:300] if str(e) else type(e).__name__}); "
+                        "give the trials MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD "
+                        "(e.g. --env on submit/run/resume)"
+                    )
+                    log.error("trial %s: %s", self.trial_id, self._fatal)
+                    with self._cond:
+                        self._fail_seq += 1
+                        self._cond.notify_all()
+                    return
                 # Transient (server down) or not, keep the data and retry with backoff: content
                 # errors are handled where they occur, so anything else is a server answer we
                 # do not understand (e.g. the experiment was deleted) that a human may fix.
@@ -738,7 +842,7 @@ class TrialTracker:
                 if run.info.lifecycle_stage == "deleted":
                     run = None
             except MlflowException as e:
-                if _is_transient(e):
+                if _is_transient(e) or _is_auth_error(e):
                     raise
             if run is None:
                 log.warning(
@@ -944,7 +1048,7 @@ class TrialTracker:
         try:
             send(items)
         except Exception as e:
-            if _is_transient(e):
+            if _is_transient(e) or _is_auth_error(e):
                 raise
             if _is_run_gone(e):
                 raise _RunGone(str(e)) from e

@@ -145,6 +145,9 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
             "compsweep.worker_pid": str(os.getpid()),
         }
     )
+    # Fail fast on refused credentials (a misconfiguration no retry fixes); an unreachable
+    # server only delays this check, and training goes on while points buffer.
+    tracker.wait_ready(timeout=10.0)
     if tracker_state is None:  # first start (a retry before any checkpoint re-logs the same values)
         tracker.set_tags({"compsweep.method": cfg.compression.method})
         tracker.log_params({**_prefixed(knobs), **flatten(cfg.to_dict())})
@@ -166,10 +169,13 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         else:
             tracker.log_metrics(final, step=trainer.step)
             _log_compressed_model(tracker, trainer)
-    except BaseException:
+    except BaseException as e:
         # Failed, or stopped by a scheduler (Tune raises SystemExit in tune.report): send what
         # is buffered and stop the sender thread, which would otherwise outlive the trial in a
-        # reused process. The run's status is left to the restored attempt or to the driver.
+        # reused process. The run's status is left to the restored attempt or to the driver;
+        # the reason goes with the run now, while the trial still knows it.
+        if isinstance(e, Exception) and tracker.refused is None:
+            tracker.set_tags({STATUS_REASON_TAG: f"{type(e).__name__}: {e}"[:1000]})
         tracker.stop(timeout=10.0)
         raise
     flush_timeout = float(os.environ.get("COMPSWEEP_FLUSH_TIMEOUT", "600"))

@@ -471,6 +471,99 @@ def test_unauthenticated_requests_are_refused(cluster):
     assert requests.get(f"{cluster.dashboard_url}/api/jobs/", timeout=10).status_code == 401
 
 
+def _cluster_env(cluster) -> dict[str, str]:
+    """This machine as a client of the cluster: its Ray token and the MLflow credentials (the
+    Ray nodes have none of their own)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "RAY_"))}
+    return {**env, **cluster.client_env(), "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}"}
+
+
+def _finished(uri: str, name: str) -> int:
+    _, children = sweep_runs(uri, name) if _experiment_exists(uri, name) else ([], [])
+    return sum(r.info.status == "FINISHED" for r in children)
+
+
+def _experiment_exists(uri: str, name: str) -> bool:
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri).get_experiment_by_name(name) is not None
+
+
+@pytest.mark.integration
+def test_cluster_sweep_stops_and_resumes_with_forwarded_credentials(
+    cluster, mlflow_login, tmp_path
+):
+    """`compsweep run --address` from a machine of the cluster, trials on both Ray nodes with
+    the MLflow credentials forwarded by name; `stop`, then `resume --address` (the sweep
+    remembers which variables to forward) completes every trial in its own run."""
+    import time
+
+    name = "deploy-resume"
+    spec = tiny_spec(name, cluster.mlflow_uri, str(tmp_path / "results"), trials=3, concurrent=2,
+                     steps=300, n_train=256)  # fmt: skip
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    env = _cluster_env(cluster)
+    forward = ["--env", "MLFLOW_TRACKING_USERNAME", "--env", "MLFLOW_TRACKING_PASSWORD"]
+    driver = subprocess.Popen([str(BIN / "compsweep"), "run", "spec.yaml", "--address", cluster.gcs_address, *forward],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 300
+        while _finished(cluster.mlflow_uri, name) < 1:
+            assert driver.poll() is None, driver.stdout.read()[-4000:]
+            assert time.monotonic() < deadline, "no trial finished"
+            time.sleep(1)
+        (folder,) = (tmp_path / "results").iterdir()
+        stop = subprocess.run([str(BIN / "compsweep"), "stop", folder.name, "--tracking-uri", cluster.mlflow_uri],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert stop.returncode == 0, stop.stdout + stop.stderr
+        out, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, out[-3000:]
+    assert cluster.admin_password not in out + stop.stdout
+    parents, children = sweep_runs(cluster.mlflow_uri, name)
+    assert [p.info.status for p in parents] == ["KILLED"]
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)
+
+    resumed = subprocess.run([str(BIN / "compsweep"), "resume", str(folder), "--address", cluster.gcs_address],
+                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-4000:] + resumed.stderr[-2000:]
+    parents, children = sweep_runs(cluster.mlflow_uri, name)
+    assert [p.info.status for p in parents] == ["FINISHED"] and len(children) == 3
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert len({r.data.tags["compsweep.ray_node_id"] for r in children}) == 2  # both nodes
+
+
+@pytest.mark.integration
+def test_trials_with_a_wrong_password_fail_fast_with_the_reason(cluster, mlflow_login, tmp_path):
+    """The driver signs in; its trials get a wrong password: they fail within a minute, and the
+    driver says why, instead of retrying 401s forever."""
+    import time
+
+    name = "deploy-wrong-password"
+    spec = tiny_spec(
+        name, cluster.mlflow_uri, str(tmp_path / "results"), trials=2, concurrent=2, steps=300
+    )
+    spec["failure"] = {"max_failures": 1}
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    start = time.monotonic()
+    proc = subprocess.run([str(BIN / "compsweep"), "run", "spec.yaml", "--address", cluster.gcs_address,
+                           "--env", "MLFLOW_TRACKING_USERNAME", "--env", "MLFLOW_TRACKING_PASSWORD=wrong-pw"],
+                          cwd=tmp_path, env=_cluster_env(cluster), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=300)  # fmt: skip
+    elapsed = time.monotonic() - start
+    out = proc.stdout
+    assert proc.returncode == 1, out[-4000:]
+    assert "2/2 trials: 2 failed" in out, out[-4000:]
+    failures = [ln for ln in out.splitlines() if "FAILED: TrackingRefused" in ln]
+    assert failures and "refused this trial" in failures[0], out[-4000:]
+    assert elapsed < 90, elapsed  # a Ray start, two attempts per trial, each refused at once
+    assert "wrong-pw" not in out
+    parents, children = sweep_runs(cluster.mlflow_uri, name)
+    assert [p.info.status for p in parents] == ["FAILED"]
+
+
 # --------------------------------------------------------------------------------------------
 # The MLflow UI in headless Chromium
 

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -67,8 +67,9 @@ def test_four_trial_sweep_lands_in_mlflow(local_ray, mlflow_server, tmp_path, ca
     # Trials ran in reused worker processes (reuse_actors) and still landed complete above.
     assert len({r.data.tags["compsweep.worker_pid"] for r in children}) < 4
     text = capsys.readouterr().out
-    assert "4/4 done" in text and "best trials by val_accuracy" in text
-    assert "4 trials: 4 finished, 0 failed" in text
+    assert "4/4 done" in text and "4/4 trials: 4 finished" in text
+    assert "best finished trials by val_accuracy" in text
+    assert record.outcome.exit_code() == 0
 
 
 def _kill_a_trial_worker_after_checkpoint(
@@ -94,8 +95,9 @@ def _kill_a_trial_worker_after_checkpoint(
 def test_a_sweep_whose_ray_fails_to_start_leaves_no_running_parent(
     mlflow_server, tmp_path, monkeypatch
 ):
-    # The parent run is opened while Ray starts; if Ray cannot start, it is ended FAILED.
-    def no_ray(address=None):
+    # The parent run is opened once Ray is up and can run a trial: a Ray that cannot start
+    # leaves no parent run behind (and the sweep's lock is released).
+    def no_ray(address=None, **kwargs):
         raise ConnectionError(f"no Ray cluster at {address}")
 
     monkeypatch.setattr("sweeps.runner.connect_ray", no_ray)
@@ -103,7 +105,11 @@ def test_a_sweep_whose_ray_fails_to_start_leaves_no_running_parent(
     with pytest.raises(ConnectionError, match="no Ray cluster at 127.0.0.1:1"):
         run_sweep(spec, address="127.0.0.1:1")
     parents, children = sweep_runs(mlflow_server.uri, "no-ray")
-    assert [p.info.status for p in parents] == ["FAILED"] and children == []
+    assert parents == [] and children == []
+    from sweeps.lock import holder_alive
+
+    (folder,) = (tmp_path / "results").iterdir()
+    assert not holder_alive(folder)
 
 
 def test_killed_worker_resumes_into_its_own_run(local_ray, mlflow_server, tmp_path, capsys):
@@ -233,9 +239,16 @@ def test_interrupted_driver_is_completed_by_resume(mlflow_server, tmp_path):
         if proc.poll() is None:
             proc.kill()
     assert "compsweep resume" in output, output[-3000:]
+    assert proc.returncode == 130  # interrupted, resumable
     (sweep_dir,) = storage.iterdir()
-    _, children = sweep_runs(mlflow_server.uri, "resume")
+    parents, children = sweep_runs(mlflow_server.uri, "resume")
     assert sum(r.info.status == "FINISHED" for r in children) < 4
+    # Nothing is left RUNNING: the interrupted trials' runs are KILLED, and say why.
+    assert [p.info.status for p in parents] == ["KILLED"]
+    for run in children:
+        assert run.info.status in ("FINISHED", "KILLED")
+        if run.info.status == "KILLED":
+            assert run.data.tags["compsweep.status_reason"] == "interrupted (Ctrl-C)"
 
     resumed = subprocess.run(
         [exe, "resume", str(sweep_dir)],

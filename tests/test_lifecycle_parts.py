@@ -1,0 +1,136 @@
+"""The pieces of a sweep's lifecycle that need no Ray: the driver lock, credentials in URIs,
+outcome counts and exit codes, and what `submit` refuses."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from sweeps.lock import LOCK_FILE, STALE_AFTER_S, SweepBusy, SweepLock, holder_alive
+from sweeps.outcomes import Outcome, run_state
+from sweeps.secrets import move_credentials_to_env, redact, split_credentials
+from sweeps.spec import parse_spec
+from sweeps.submit import submit_problems
+
+
+def test_a_second_driver_is_refused_with_the_holders_name(tmp_path):
+    with SweepLock(tmp_path, "compsweep run") as first:
+        assert holder_alive(tmp_path)
+        # Another process: flock is per open file description, so a child is a true second driver.
+        code = (
+            "import sys; from sweeps.lock import SweepLock, SweepBusy\n"
+            f"try: SweepLock({str(tmp_path)!r}, 'compsweep resume').acquire()\n"
+            "except SweepBusy as e: print(e); sys.exit(3)\n"
+        )
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONPATH": os.getcwd()})  # fmt: skip
+        assert out.returncode == 3, out.stderr
+        assert f"pid {os.getpid()}" in out.stdout and "compsweep run" in out.stdout
+        assert first.taken_over is None
+    assert not holder_alive(tmp_path)
+    # Released: the next driver takes it without a note.
+    with SweepLock(tmp_path) as again:
+        assert again.taken_over is None
+
+
+def test_a_dead_holder_is_taken_over_with_a_note(tmp_path):
+    # A driver that died without releasing: its flock is gone, its record says "not released".
+    proc = subprocess.run(
+        [sys.executable, "-c", f"from sweeps.lock import SweepLock; SweepLock({str(tmp_path)!r}, 'compsweep run').acquire()"],
+        env={**os.environ, "PYTHONPATH": os.getcwd()}, capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert not json.loads((tmp_path / LOCK_FILE).read_text())["released"]
+    with SweepLock(tmp_path, "compsweep resume") as lock:
+        assert lock.taken_over is not None and lock.taken_over.command == "compsweep run"
+
+
+def test_a_fresh_holder_on_another_host_is_respected_a_stale_one_is_not(tmp_path):
+    record = {"host": "elsewhere", "pid": 1, "since": time.time(), "heartbeat": time.time(),
+              "command": "compsweep run", "released": False}  # fmt: skip
+    (tmp_path / LOCK_FILE).write_text(json.dumps(record))
+    with pytest.raises(SweepBusy, match="host elsewhere"):
+        SweepLock(tmp_path).acquire()
+    record["heartbeat"] = time.time() - STALE_AFTER_S - 1
+    (tmp_path / LOCK_FILE).write_text(json.dumps(record))
+    with SweepLock(tmp_path) as lock:
+        assert lock.taken_over.host == "elsewhere"
+
+
+def test_credentials_leave_the_uri():
+    assert split_credentials("http://bob:s3cr%40t@mlflow:5000/x") == (
+        "http://mlflow:5000/x",
+        "bob",
+        "s3cr@t",
+    )
+    assert split_credentials("http://mlflow:5000") == ("http://mlflow:5000", None, None)
+    assert split_credentials(None) == (None, None, None)
+    assert (
+        redact("see http://bob:pw@h:1/api and https://a:b@c")
+        == "see http://bob:***@h:1/api and https://a:***@c"
+    )
+
+
+def test_move_credentials_to_env(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD", raising=False)
+    assert move_credentials_to_env("http://u:p@127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert os.environ["MLFLOW_TRACKING_USERNAME"] == "u"
+    assert os.environ["MLFLOW_TRACKING_PASSWORD"] == "p"
+
+
+def _run(status: str, **tags: str):
+    return SimpleNamespace(info=SimpleNamespace(status=status), data=SimpleNamespace(tags=tags))
+
+
+def test_outcomes_count_what_happened_and_exit_codes_say_it():
+    assert run_state("FAILED", {"compsweep.status": "diverged"}) == "diverged"
+    assert run_state("KILLED", {"compsweep.status": "killed"}) == "killed"
+    assert run_state("KILLED", {}) == "stopped"
+    ok = Outcome.from_runs(
+        [_run("FINISHED"), _run("KILLED", **{"compsweep.status": "stopped"})], False, 2
+    )
+    assert ok.exit_code() == 0 and ok.parent_status() == "FINISHED"
+    assert ok.summary() == "2/2 trials: 1 finished, 1 stopped"
+    some = Outcome.from_runs([_run("FINISHED"), _run("FAILED")], False, 2)
+    assert some.exit_code() == 1 and some.parent_status() == "FINISHED"
+    none = Outcome.from_runs(
+        [_run("FAILED"), _run("FAILED", **{"compsweep.status": "diverged"})], False, 2
+    )
+    assert none.exit_code() == 1 and none.parent_status() == "FAILED"
+    assert none.summary() == "2/2 trials: 1 failed, 1 diverged"
+    stopped = Outcome.from_runs(
+        [_run("FINISHED"), _run("KILLED", **{"compsweep.status": "killed"})], True, 4
+    )
+    assert stopped.exit_code() == 130 and stopped.parent_status() == "KILLED"
+    assert stopped.metrics()["trials_killed"] == 1.0
+
+
+def _tiny(uri: str | None, storage: str) -> dict:
+    return {
+        "name": "sub",
+        "train": {"data": {"name": "synthetic", "options": {"n_train": 32, "n_test": 16}},
+                  "model": {"name": "small_cnn"}, "run": {"steps": 4}},
+        "space": {"name": "prune"},
+        "storage": {"path": storage},
+        "tracking": {"uri": uri},
+    }  # fmt: skip
+
+
+def test_submit_refuses_what_the_job_folder_would_swallow():
+    remote = "http://10.1.2.3:8265"
+    spec = parse_spec(_tiny(None, "compsweep_results"), check_tracking=False)
+    problems = submit_problems(spec, remote)
+    assert any(p.startswith("tracking.uri: none given") for p in problems)
+    assert any(p.startswith("storage.path: 'compsweep_results' is relative") for p in problems)
+    spec = parse_spec(_tiny("sqlite:////srv/mlflow.db", "/srv/results"), check_tracking=False)
+    assert [p[:13] for p in submit_problems(spec, remote)] == ["tracking.uri:"]
+    assert submit_problems(spec, "http://127.0.0.1:8265") == []  # a cluster on this machine
+    spec = parse_spec(_tiny("http://mlflow:5000", "/srv/results"), check_tracking=False)
+    assert submit_problems(spec, remote) == []
