@@ -27,6 +27,7 @@ import contextlib
 import glob
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -142,6 +143,15 @@ class LocalCluster:
             "MLFLOW_TRACKING_USERNAME": self.admin_user,
             "MLFLOW_TRACKING_PASSWORD": self.admin_password,
         }
+
+    def submit_command(self, spec: str, results: Path) -> list[str]:
+        """The ``compsweep submit`` line for this cluster, as ``up`` prints it: the tracking URI
+        comes from ``MLFLOW_TRACKING_URI`` (``client_env``), the credentials travel by name."""
+        return [
+            "compsweep", "submit", spec, "--address", self.dashboard_url,
+            "--python", sys.executable, "--set", f"storage.path={results}",
+            "--env", "MLFLOW_TRACKING_USERNAME", "--env", "MLFLOW_TRACKING_PASSWORD",
+        ]  # fmt: skip
 
     def _base_env(self) -> dict[str, str]:
         env = {
@@ -436,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
             f"PostgreSQL    : 127.0.0.1:{cluster.pg_port}\n"
             f"logs          : {cluster.logs}\n\n"
             f"source {env_file}\n"
-            f"compsweep submit SPEC --address {cluster.dashboard_url} --python {sys.executable} "
-            "--env MLFLOW_TRACKING_USERNAME --env MLFLOW_TRACKING_PASSWORD\n\n"
+            f"{shlex.join(cluster.submit_command('SPEC', root.resolve() / 'results'))}\n"
+            f"  (tracks into {cluster.mlflow_uri}: MLFLOW_TRACKING_URI in {env_file.name})\n\n"
             "Ctrl-C stops the cluster.",
             flush=True,
         )

@@ -246,8 +246,8 @@ def _trainable(record: SweepRecord) -> Any:
 
 def study_storage_url(spec: SweepSpec, path: str) -> str:
     """Where the sweep's Optuna study lives: ``search.storage`` if given (e.g. the cluster's
-    PostgreSQL), else an SQLite file in the sweep folder."""
-    given = getattr(spec.search, "storage", None)
+    PostgreSQL), else ``$COMPSWEEP_STUDY_STORAGE``, else an SQLite file in the sweep folder."""
+    given = spec.search.storage or os.environ.get("COMPSWEEP_STUDY_STORAGE")
     return given or f"sqlite:///{Path(path).resolve() / STUDY_FILE}"
 
 

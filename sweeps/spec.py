@@ -153,6 +153,22 @@ class ObjectiveSpec(Section):
 
 class SearchSpec(Section):
     sampler: SamplerName = Field("tpe", description="the Optuna sampler")
+    storage: Annotated[str, Field(min_length=1)] | None = Field(
+        None,
+        description="Optuna storage URL of the sweep's study (e.g. postgresql://...); null: "
+        "$COMPSWEEP_STUDY_STORAGE, else optuna.db in the sweep folder",
+    )
+
+    @field_validator("storage")
+    @classmethod
+    def _an_rdb_url(cls, url: str | None) -> str | None:
+        scheme = urlsplit(url).scheme.split("+", 1)[0].lower() if url else ""
+        if url is not None and scheme not in ("sqlite", "postgresql", "mysql", "oracle", "mssql"):
+            raise ValueError(
+                f"{url!r} is no database URL Optuna can store a study in; use "
+                "postgresql://USER@HOST/DB, mysql://..., sqlite:////abs/path/optuna.db, or null"
+            )
+        return url
 
 
 class SchedulerSpec(Section):
@@ -190,7 +206,9 @@ class StorageSpec(Section):
 
 class TrackingSpec(Section):
     uri: str | None = Field(
-        None, description="MLflow tracking URI; null: the embedded SQLite store ./mlflow.db"
+        None,
+        description="MLflow tracking URI; null: $MLFLOW_TRACKING_URI, else the embedded SQLite "
+        "store ./mlflow.db",
     )
     experiment: Annotated[str, Field(min_length=1)] | None = Field(
         None, description="MLflow experiment (default: the sweep's name)"

@@ -66,9 +66,9 @@ def error_reason(trial: Any) -> str:
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     # Ray wraps the trial's error: the last "Type: message" line is the original one.
     for line in reversed(lines):
-        head = line.split(":", 1)[0]
-        if ":" in line and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
-            return line[:500]
+        head, sep, rest = line.partition(":")
+        if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
+            return f"{head.rsplit('.', 1)[-1]}:{rest}"[:500]  # sweeps.tracking.X -> X
     return lines[-1][:500] if lines else "unknown error (see the trial's log)"
 
 
