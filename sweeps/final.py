@@ -7,6 +7,7 @@ on."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -174,17 +175,23 @@ def train_final(
         client.log_artifact(run_id, str(cfg_path))
 
     name = register or _model_name(prov, cfg)
-    mlflow.set_tracking_uri(uri)
     model.eval()
     example = next(iter(trainer.data.test.epoch(0, cfg.run.seed)))[0][:2].cpu()
-    with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model.cpu(),
-            name="model",
-            registered_model_name=name,
-            input_example=example.numpy(),
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-        )
+    # log_model works on the active run of the global tracking URI, which MLflow also puts
+    # into MLFLOW_TRACKING_URI: set it for this call only, and put back what was there.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            info = mlflow.pytorch.log_model(
+                model.cpu(),
+                name="model",
+                registered_model_name=name,
+                input_example=example.numpy(),
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+            )
+    finally:
+        mlflow.set_tracking_uri(previous)
     version = str(info.registered_model_version)
     for key in ("test_accuracy", "compression_ratio", "params", "macs", "source_val_accuracy"):
         if key in summary:

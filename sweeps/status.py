@@ -57,6 +57,43 @@ def _checkpoint_dir(trial: Any) -> str | None:
     return path if path and Path(path).is_dir() else None
 
 
+def repoint_stale_checkpoint(trial: Any) -> bool:
+    """Point a restored trial at its newest checkpoint on disk when the one Tune's saved state
+    names is gone; True if it did.
+
+    Tune deletes a trial's older checkpoints (``num_to_keep``) as soon as it registers a new
+    one, but saves the experiment state only every so often. A driver killed between the two
+    (or whose storage stopped taking the state) leaves a state that names a deleted checkpoint,
+    and Tune would fail the trial at restore. The newest checkpoint on disk is the trial's true
+    latest state (its tracker state included), so the trial continues from there. Runs before
+    Tune restores anything (at the first step of a resumed sweep); local storage only.
+    """
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    try:
+        ckpt = trial.checkpoint
+        if ckpt is None or Path(ckpt.path).is_dir():
+            return False
+        trial_dir = Path(trial.storage.trial_fs_path)
+        found = sorted(trial_dir.glob("checkpoint_*"), key=lambda p: p.name)
+        if not trial_dir.is_dir() or not found:
+            return False
+        manager = trial.run_metadata.checkpoint_manager
+        stale = manager.latest_checkpoint_result
+        newest = _TrainingResult(checkpoint=Checkpoint(str(found[-1])), metrics=stale.metrics)
+        manager._checkpoint_results = [
+            r for r in manager._checkpoint_results if Path(r.checkpoint.path).is_dir()
+        ] + [newest]
+        manager._latest_checkpoint_result = newest
+        # Next checkpoints after the newest, never over an existing one.
+        trial.storage.current_checkpoint_index = int(found[-1].name.split("_")[-1]) + 1
+        trial.run_metadata.invalidate_cache()
+    except Exception:  # Tune's internals moved: leave the trial as Tune restored it
+        return False
+    return True
+
+
 def error_reason(trial: Any) -> str:
     """The last line of a failed trial's error (``ValueError: ...``), for one-line reports."""
     text = ""
@@ -102,6 +139,9 @@ class TrialRunStatus(Callback):
         if sweep_id not in _LIVE_TRIALS:  # first step: trials that ended before a resume
             ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
             _ENDED.setdefault(sweep_id, set()).update(ended)
+            for trial in trials:
+                if trial.status not in ("TERMINATED",):
+                    repoint_stale_checkpoint(trial)
         _LIVE_TRIALS[sweep_id] = trials
 
     def on_trial_complete(self, iteration, trials, trial, **info):

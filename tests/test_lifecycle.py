@@ -157,7 +157,7 @@ def test_read_only_storage_fails_honestly_and_retry_failed_finishes_the_same_tri
     name = "lc-readonly"
     with _writable_folder(tmp_path / "store") as set_read_only:
         spec = tiny_spec(name, mlflow_server.uri, str(tmp_path / "store"), trials=2, concurrent=2,
-                         steps=600, n_train=256)  # fmt: skip
+                         steps=3000, n_train=256)  # fmt: skip
         spec["failure"] = {"max_failures": 1}
         env = _env(ray_tmp)
         driver = _start(["run", str(_write_spec(tmp_path, spec))], tmp_path, env)
@@ -165,7 +165,6 @@ def test_read_only_storage_fails_honestly_and_retry_failed_finishes_the_same_tri
         try:
             _wait_for(lambda: len({p.parent for p in store.glob("*/*/checkpoint_*")}) >= 2, driver,
                       300, "both trials checkpointed")  # fmt: skip
-            time.sleep(2)
             set_read_only(True)
             out, _ = driver.communicate(timeout=300)
         finally:

@@ -134,3 +134,33 @@ def test_submit_refuses_what_the_job_folder_would_swallow():
     assert submit_problems(spec, "http://127.0.0.1:8265") == []  # a cluster on this machine
     spec = parse_spec(_tiny("http://mlflow:5000", "/srv/results"), check_tracking=False)
     assert submit_problems(spec, remote) == []
+
+
+def test_a_restored_trial_whose_checkpoint_was_deleted_continues_from_its_newest_one(tmp_path):
+    """Tune deletes old checkpoints at once but saves its state now and then: a state that names
+    a deleted checkpoint is pointed at the newest one on disk (a stand-in for Tune's trial)."""
+    from ray.train import Checkpoint
+    from ray.train._internal.session import _TrainingResult
+
+    from sweeps.status import repoint_stale_checkpoint
+
+    trial_dir = tmp_path / "train_trial_abc"
+    for i in (6, 7):
+        (trial_dir / f"checkpoint_{i:06d}").mkdir(parents=True)
+    stale = _TrainingResult(
+        checkpoint=Checkpoint(str(trial_dir / "checkpoint_000005")), metrics={"step": 5}
+    )
+    manager = SimpleNamespace(_checkpoint_results=[stale], _latest_checkpoint_result=stale,
+                              latest_checkpoint_result=stale)  # fmt: skip
+    trial = SimpleNamespace(
+        checkpoint=stale.checkpoint,
+        storage=SimpleNamespace(trial_fs_path=str(trial_dir), current_checkpoint_index=6),
+        run_metadata=SimpleNamespace(checkpoint_manager=manager, invalidate_cache=lambda: None),
+    )
+    assert repoint_stale_checkpoint(trial)
+    assert manager._latest_checkpoint_result.checkpoint.path.endswith("checkpoint_000007")
+    assert [r.checkpoint.path[-17:] for r in manager._checkpoint_results] == ["checkpoint_000007"]
+    assert trial.storage.current_checkpoint_index == 8  # never over an existing checkpoint
+    # A checkpoint that exists is left alone.
+    trial.checkpoint = manager._latest_checkpoint_result.checkpoint
+    assert not repoint_stale_checkpoint(trial)

@@ -432,7 +432,7 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(
         assert r.info.status == "FINISHED" and "compsweep.status" not in r.data.tags
         assert_complete_series(mlflow_server.uri, r)
     n = len(diverged)
-    assert f"4 trials: {4 - n} finished, {n} failed ({n} diverged)" in text
+    assert f"4/4 trials: {4 - n} finished, {n} diverged" in text
     assert "retrying" not in text
 
     best = tmp_path / "best.yaml"
