@@ -521,6 +521,21 @@ def test_cluster_sweep_stops_and_resumes_with_forwarded_credentials(
     assert all(r.info.status == "FINISHED" for r in children)
     assert len({r.data.tags["compsweep.ray_node_id"] for r in children}) == 2  # both nodes
 
+    # `status` by sweep id, from the tracking store; refused credentials are one line.
+    status = [str(BIN / "compsweep"), "status", folder.name, "--tracking-uri", cluster.mlflow_uri]
+    shown = subprocess.run(
+        status, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert shown.returncode == 0 and "finished  3/3 trials (3 finished)" in shown.stdout, shown
+    wrong = {**env, "MLFLOW_TRACKING_PASSWORD": "wrong-pw"}
+    refused = subprocess.run(
+        status, cwd=tmp_path, env=wrong, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 2, refused
+    assert refused.stderr.count("\n") == 1 and "refused the credentials" in refused.stderr, (
+        refused.stderr
+    )
+
 
 @pytest.mark.integration
 def test_trials_with_a_wrong_password_fail_fast_with_the_reason(cluster, mlflow_login, tmp_path):

@@ -129,16 +129,18 @@ def _writable_folder(path: Path):
     network share that turns read-only; every new write fails with EROFS); chmod for others."""
     path.mkdir()
     as_root = os.geteuid() == 0
-    state = {"ro": False}
+    state = {"ro": False, "bound": False}
 
     def set_read_only(ro: bool) -> None:
         if ro == state["ro"]:
             return
         if as_root and ro:
             subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
+            state["bound"] = True
             subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
         elif as_root:
             subprocess.run(["umount", "-l", str(path)], check=True)
+            state["bound"] = False
         else:
             for p in [path, *path.rglob("*")]:
                 if p.is_dir():
@@ -148,7 +150,10 @@ def _writable_folder(path: Path):
     try:
         yield set_read_only
     finally:
-        set_read_only(False)
+        if state["bound"]:  # whatever happened, no mount outlives the test
+            subprocess.run(["umount", "-l", str(path)], check=False)
+        elif not as_root:
+            set_read_only(False)
 
 
 def test_read_only_storage_fails_honestly_and_retry_failed_finishes_the_same_trials(
