@@ -194,7 +194,7 @@ def report(study: str, folder: Path) -> bool:
     if a.centre is not None:
         print(f"\ne_opt = {a.e_opt:.3e}, range {a.e_opt_low:.3e} – {a.e_opt_high:.3e} "
               f"(bootstrap {10**a.centre.boot_low:.3e} – {10**a.centre.boot_high:.3e}; group "
-              f"optima {10**a.centre.spread_low:.3e} – {10**a.centre.spread_high:.3e}), from "
+              f"optima and best trials {10**a.centre.spread_low:.3e} – {10**a.centre.spread_high:.3e}), from "
               f"{a.centre.groups} strength(s)")  # fmt: skip
     else:
         print("\n" + "\n".join(a.cannot_support()))

@@ -45,7 +45,7 @@ def report_lines(a: Analysis, sweep_id: str) -> list[str]:
             f"e_opt = {_e(a.e_opt)}  range {_e(a.e_opt_low)} – {_e(a.e_opt_high)}  from "
             f"{c.groups} strength group(s) with an interior optimum",
             f"  (95% bootstrap over trials {_e(10**c.boot_low)} – {_e(10**c.boot_high)}; "
-            f"group optima {_e(10**c.spread_low)} – {_e(10**c.spread_high)}; the range is the "
+            f"groups' optima and best trials {_e(10**c.spread_low)} – {_e(10**c.spread_high)}; the range is the "
             "wider of the two)",
         ]
     else:

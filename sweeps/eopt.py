@@ -14,7 +14,9 @@ locating and averaging happens in log space) and ``y`` = validation accuracy.
   end of the curve there is nothing to fit on one side: the best point's x is returned.
 * :func:`centre_and_range` — ``e_opt`` as the mean of the groups' optima in log space (their
   geometric mean), with a 95% percentile bootstrap over trials (each group's trials resampled
-  with replacement, its optimum located again) and the spread of the groups' optima.
+  with replacement, its optimum located again) and the spread across groups of where each
+  group's optimum lies, by the fit and by its best trial (two estimates of the same place; on
+  a noisy curve they differ, and the range must hold both).
 * :func:`suggest_pnr` — fit ``log e_w = a + k·log pNR`` over a group's trials (for weight
   decay e_w grows with pNR: the weights drift further between events), solve
   ``e_w(pNR) / pNR = e_opt``, clamp to ≥ 1, and say when it extrapolates.
@@ -75,7 +77,8 @@ def locate_optimum(points: Sequence[XY]) -> Optimum:
 
 @dataclass(frozen=True)
 class Centre:
-    """e_opt in log10, with its bootstrap interval and the spread of the groups' optima."""
+    """e_opt in log10, with its bootstrap interval and the spread of the groups' optima (fitted
+    and best trial)."""
 
     x: float
     boot_low: float
@@ -112,6 +115,7 @@ def centre_and_range(
     if not groups:
         raise ValueError("centre_and_range needs at least one group")
     optima = [locate_optimum(curve(list(g))).x for g in groups]
+    best_trials = [max(curve(list(g)), key=lambda p: p[1])[0] for g in groups]
     rng = np.random.default_rng(seed)
     centres = np.empty(samples)
     for s in range(samples):
@@ -121,8 +125,9 @@ def centre_and_range(
             xs.append(locate_optimum(curve([g[j] for j in picks])).x)
         centres[s] = np.mean(xs)
     boot_low, boot_high = np.percentile(centres, [2.5, 97.5])
+    spread = optima + best_trials
     return Centre(float(np.mean(optima)), float(boot_low), float(boot_high),
-                  min(optima), max(optima), len(groups))  # fmt: skip
+                  min(spread), max(spread), len(groups))  # fmt: skip
 
 
 @dataclass(frozen=True)

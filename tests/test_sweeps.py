@@ -135,7 +135,7 @@ def test_killed_worker_resumes_into_its_own_run(local_ray, mlflow_server, tmp_pa
         assert_complete_series(mlflow_server.uri, run)
 
 
-def test_tracking_server_down_for_30s_loses_nothing(local_ray, mlflow_server, tmp_path):
+def test_tracking_server_down_for_30s_loses_nothing(local_ray, mlflow_server, tmp_path, capsys):
     storage = tmp_path / "results"
     spec = parse_spec(tiny_spec("outage", mlflow_server.uri, str(storage), steps=600, n_train=256))
     result: dict = {}
@@ -158,6 +158,10 @@ def test_tracking_server_down_for_30s_loses_nothing(local_ray, mlflow_server, tm
     assert not t.is_alive()
     parents, children = sweep_runs(mlflow_server.uri, "outage", result["record"].sweep_id)
     assert len(parents) == 1 and len(children) == 4
+    # The driver said so, once, and said when it was over.
+    out = capsys.readouterr().out
+    assert out.count("is unreachable: trials keep training and buffer their points") == 1, out
+    assert "is reachable again after" in out
     for run in children:
         assert run.info.status == "FINISHED"
         assert_complete_series(mlflow_server.uri, run)
