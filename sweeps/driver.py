@@ -133,6 +133,8 @@ class DriverHeartbeat:
         self._done.set()
         if self._thread.is_alive():
             self._thread.join(timeout=15)
+        if self._tracking_down_since is not None:  # say whether it came back before the end
+            self._beat_tracking(act_on_stop=False)
 
     def _say(self, text: str) -> None:
         import sys
@@ -161,7 +163,7 @@ class DriverHeartbeat:
             self._say(f"sweep folder {self.lock.path} is writable again")
             self.storage_problem = None
 
-    def _beat_tracking(self) -> None:
+    def _beat_tracking(self, act_on_stop: bool = True) -> None:
         try:
             set_run_tags(self.uri, self.parent_run_id, {HEARTBEAT_TAG: str(int(time.time()))})
             _, tags = parent_run_state(self.uri, self.parent_run_id)
@@ -185,7 +187,7 @@ class DriverHeartbeat:
             self._say(f"MLflow at {self.uri} is reachable again after ~{down:.0f} s")
             self._tracking_down_since = None
         request = tags.get(STOP_TAG)
-        if request and self.stop_request is None:
+        if request and self.stop_request is None and act_on_stop:
             self.stop_request = request
             self._say(f"stop requested ({request}): stopping the trials and saving the sweep")
             # Tune's own graceful stop (as Ctrl-C): trials end, the experiment state is saved.
