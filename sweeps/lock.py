@@ -125,29 +125,34 @@ class SweepLock:
         self.release()
 
 
-def read_holder(path: str | Path) -> Holder | None:
-    """Who holds (or last held) the sweep in folder ``path``, and whether it is still alive:
-    ``None`` when no driver ever locked it."""
-    f = Path(path) / LOCK_FILE
+@contextlib.contextmanager
+def _lock_file(path: str | Path):
+    """The sweep's lock file opened for reading (``None`` if there is none). Read-only suffices
+    for flock, and works on a folder that turned read-only."""
     try:
-        fd = os.open(f, os.O_RDONLY)
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDONLY)
     except OSError:
-        return None
+        yield None
+        return
     try:
-        return _parse(_read(fd))
+        yield fd
     finally:
         os.close(fd)
+
+
+def read_holder(path: str | Path) -> Holder | None:
+    """Who holds (or last held) the sweep in folder ``path``: ``None`` when no driver ever
+    locked it."""
+    with _lock_file(path) as fd:
+        return None if fd is None else _parse(_read(fd))
 
 
 def holder_alive(path: str | Path) -> bool:
     """Whether a driver holds the sweep right now (its flock is held on this host, or its
     heartbeat is fresh on another)."""
-    f = Path(path) / LOCK_FILE
-    try:
-        fd = os.open(f, os.O_RDWR)
-    except OSError:
-        return False
-    try:
+    with _lock_file(path) as fd:
+        if fd is None:
+            return False
         holder = _parse(_read(fd))
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,11 +161,8 @@ def holder_alive(path: str | Path) -> bool:
         fcntl.flock(fd, fcntl.LOCK_UN)
         if holder is None or holder.released:
             return False
-        return (
-            holder.host != socket.gethostname() and time.time() - holder.heartbeat < STALE_AFTER_S
-        )
-    finally:
-        os.close(fd)
+        elsewhere = holder.host != socket.gethostname()
+        return elsewhere and time.time() - holder.heartbeat < STALE_AFTER_S
 
 
 def _read(fd: int) -> bytes:
