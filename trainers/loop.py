@@ -40,8 +40,7 @@ from trainers.data import DataSplits, load_dataset
 from trainers.distortions import Distortion, DistortionContext, make_distortion
 from trainers.methods import MethodRecipe, PhaseReport
 from trainers.models import build_model
-from trainers.optim import lr_factor as optim_lr_factor
-from trainers.optim import make_optimizer
+from trainers.optim import lr_factor, make_optimizer
 from trainers.targets import compression_targets, module_of
 
 CHECKPOINT_VERSION = 1
@@ -70,11 +69,6 @@ def resolve_device(name: str) -> torch.device:
 def task_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross entropy for classification ``(B, C)`` and language models ``(B, T, V)`` alike."""
     return F.cross_entropy(out.reshape(-1, out.shape[-1]), y.reshape(-1))
-
-
-def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int, total_steps: int) -> float:
-    """Learning-rate multiplier after ``step`` optimizer steps (epoch-based milestones)."""
-    return optim_lr_factor(cfg.optim, step, steps_per_epoch, total_steps)
 
 
 def _flushing_subnormals() -> bool:
@@ -243,7 +237,7 @@ class Trainer:
             return None
         steps = max(steps, 1)
         return torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(self.cfg, s, self.steps_per_epoch, steps)
+            self.optimizer, lambda s: lr_factor(self.cfg.optim, s, self.steps_per_epoch, steps)
         )
 
     def _macs(self) -> int:
