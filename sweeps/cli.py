@@ -13,10 +13,9 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from sweeps.outcomes import EXIT_BAD_INPUT, EXIT_BUSY
 from trainers import yamlio
 from trainers.validation import ConfigError, Problem, shown
-
-EXIT_BAD_INPUT = 2
 
 
 def _set_lines(lines: list[str] | None) -> tuple[list[tuple[str, Any]], list[Problem]]:
@@ -307,7 +306,6 @@ def _load_spec(
 def _sweep_command(run) -> int:
     """Run ``run()`` (a sweep's driver); map its refusals to exit codes."""
     from sweeps.lock import SweepBusy
-    from sweeps.outcomes import EXIT_BAD_INPUT, EXIT_BUSY
     from sweeps.runner import SweepError
 
     try:

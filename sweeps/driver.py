@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 
 from sweeps.lock import SweepLock
 from sweeps.secrets import redact
+from sweeps.tracking import is_auth_error
 
 DRIVER_TAG = "compsweep.driver"
 HEARTBEAT_TAG = "compsweep.heartbeat"
@@ -88,18 +89,6 @@ def set_run_tags(uri: str, run_id: str, tags: dict[str, str], timeout: float = 1
 
 def driver_identity() -> str:
     return f"{socket.gethostname()} pid {os.getpid()}"
-
-
-def is_auth_error(exc: BaseException) -> bool:
-    """The tracking server refused the credentials (HTTP 401) or the permission (403)."""
-    from mlflow.exceptions import MlflowException
-
-    if not isinstance(exc, MlflowException):
-        return False
-    return exc.get_http_status_code() in (401, 403) or exc.error_code in (
-        "UNAUTHENTICATED",
-        "PERMISSION_DENIED",
-    )
 
 
 class DriverHeartbeat:

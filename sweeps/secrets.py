@@ -15,9 +15,6 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 USERNAME_VAR = "MLFLOW_TRACKING_USERNAME"
 PASSWORD_VAR = "MLFLOW_TRACKING_PASSWORD"
-TOKEN_VAR = "MLFLOW_TRACKING_TOKEN"
-# Variables whose values are secrets: never printed, stored only with the Ray job they go to.
-SECRET_VARS = (PASSWORD_VAR, TOKEN_VAR, "RAY_AUTH_TOKEN", "POSTGRES_PASSWORD")
 
 _USERINFO = re.compile(
     r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/@:\s]*):(?P<pw>[^/@\s]*)@"

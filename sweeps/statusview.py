@@ -12,12 +12,15 @@ from sweeps.lookup import SweepInfo, describe_driver, info_from_record, info_fro
 from sweeps.outcomes import STATES, run_state
 from sweeps.runner import SWEEP_FILE, SweepRecord
 from sweeps.secrets import redact
-from sweeps.tracking import STATUS_REASON_TAG, default_tracking_uri, find_trial_runs
+from sweeps.tracking import (
+    STATUS_REASON_TAG,
+    default_tracking_uri,
+    find_trial_runs,
+    is_auth_error,
+)
 
 
 def _tracking_error(uri: str, e: Exception) -> str:
-    from sweeps.driver import is_auth_error
-
     first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
     if is_auth_error(e):
         return (f"MLflow at {uri} refused the credentials ({first}); set "

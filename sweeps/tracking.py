@@ -181,9 +181,6 @@ def mlflow_client(uri: str):
     return client
 
 
-_client = mlflow_client
-
-
 def _q(value: str) -> str:
     """A string literal for an MLflow search filter."""
     if "'" in value:
@@ -216,7 +213,7 @@ def ensure_experiment(uri: str, name: str) -> str:
     development experiment."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -273,7 +270,7 @@ def start_sweep_run(
     """
     from mlflow.entities import RunTag
 
-    client = _client(uri)
+    client = mlflow_client(uri)
     ident = {ROLE_TAG: "sweep", SWEEP_ID_TAG: sweep_id}
     runs = _find_runs(client, experiment_id, ident)
     if runs:
@@ -292,12 +289,12 @@ def start_sweep_run(
 
 def finish_run(uri: str, run_id: str, status: str = "FINISHED") -> None:
     """Set a run's final status (FINISHED, FAILED or KILLED)."""
-    _client(uri).set_terminated(run_id, status=status)
+    mlflow_client(uri).set_terminated(run_id, status=status)
 
 
 def find_trial_runs(uri: str, experiment_id: str, sweep_id: str) -> list:
     """Every trial (child) run of a sweep, oldest first."""
-    client = _client(uri)
+    client = mlflow_client(uri)
     return _find_runs(client, experiment_id, {ROLE_TAG: "trial", SWEEP_ID_TAG: sweep_id})
 
 
@@ -321,7 +318,7 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 def _is_transient(exc: BaseException) -> bool:
     """Worth retrying: the server is down or overloaded (5xx / 408 / 429). Requests that the
     server rejects for their content (4xx: invalid value, changed param, deleted run) are not,
-    and neither are refused credentials (401 / 403: see :func:`_is_auth_error`)."""
+    and neither are refused credentials (401 / 403: see :func:`is_auth_error`)."""
     from mlflow.exceptions import MlflowException
 
     if not isinstance(exc, MlflowException):
@@ -330,7 +327,7 @@ def _is_transient(exc: BaseException) -> bool:
     return status >= 500 or status in (408, 429) or exc.error_code == "ENDPOINT_NOT_FOUND"
 
 
-def _is_auth_error(exc: BaseException) -> bool:
+def is_auth_error(exc: BaseException) -> bool:
     """The server refused the credentials or the permission: retrying cannot help, and a trial
     must not train for hours into a store that will never take its data."""
     from mlflow.exceptions import MlflowException
@@ -766,7 +763,7 @@ class TrialTracker:
                 if self._closing is not None:
                     self._terminate()
             except Exception as e:
-                if _is_auth_error(e):
+                if is_auth_error(e):
                     # Refused credentials do not come back by waiting: stop, keep the data
                     # (state() and the spool), and let the training thread raise.
                     self._fatal = (
@@ -815,7 +812,7 @@ class TrialTracker:
 
     def _mlflow(self):
         if self._client is None:
-            self._client = _client(self.tracking_uri)
+            self._client = mlflow_client(self.tracking_uri)
         return self._client
 
     def _send_all(self) -> None:
@@ -842,7 +839,7 @@ class TrialTracker:
                 if run.info.lifecycle_stage == "deleted":
                     run = None
             except MlflowException as e:
-                if _is_transient(e) or _is_auth_error(e):
+                if _is_transient(e) or is_auth_error(e):
                     raise
             if run is None:
                 log.warning(
@@ -1048,7 +1045,7 @@ class TrialTracker:
         try:
             send(items)
         except Exception as e:
-            if _is_transient(e) or _is_auth_error(e):
+            if _is_transient(e) or is_auth_error(e):
                 raise
             if _is_run_gone(e):
                 raise _RunGone(str(e)) from e
