@@ -97,13 +97,13 @@ def train_final(
     import mlflow
     import mlflow.pytorch
     import torch
-    from mlflow import MlflowClient
 
     from sweeps.tracking import (
         STATUS_REASON_TAG,
         STATUS_TAG,
         default_tracking_uri,
         ensure_experiment,
+        mlflow_client,
     )
     from sweeps.trial import flatten
     from trainers.counting import count_params
@@ -117,7 +117,7 @@ def train_final(
         set_dotted(data, key, value)
     cfg = parse_train_config(data, path)
     uri = tracking_uri or (prov or {}).get("tracking_uri") or default_tracking_uri()
-    client = MlflowClient(uri)
+    client = mlflow_client(uri)
     experiment_id = (prov or {}).get("experiment_id") or ensure_experiment(uri, "compsweep-final")
     tags = {"compsweep.role": "final", "compsweep.method": cfg.compression.method}
     if prov:

@@ -25,6 +25,7 @@ from sweeps.tracking import (
     TRIAL_ID_TAG,
     default_tracking_uri,
     find_trial_runs,
+    mlflow_client,
 )
 from trainers import yamlio
 from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key
@@ -42,8 +43,7 @@ class SweepRef:
 
 def resolve_sweep(sweep: str, tracking_uri: str | None = None) -> SweepRef:
     """A sweep by its folder (holding compsweep.json) or by its id (looked up in MLflow)."""
-    from mlflow import MlflowClient
-
+    from sweeps.lookup import sweep_parent_runs
     from sweeps.runner import SWEEP_FILE, SweepRecord
 
     if (Path(sweep) / SWEEP_FILE).is_file():
@@ -51,16 +51,12 @@ def resolve_sweep(sweep: str, tracking_uri: str | None = None) -> SweepRef:
         return SweepRef(tracking_uri or r.tracking_uri, r.experiment_id, r.sweep_id, r.parent_run_id,
                         r.spec["objective"]["metrics"])  # fmt: skip
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(uri)
-    for exp in client.search_experiments():
-        runs = client.search_runs(
-            [exp.experiment_id],
-            f"tags.`compsweep.role` = 'sweep' and tags.`compsweep.sweep_id` = '{sweep}'",
-        )
-        if runs:
-            spec = _artifact_yaml(client, runs[0].info.run_id, "spec.yaml") or {}
-            metrics = (spec.get("objective") or {}).get("metrics") or [DEFAULT_OBJECTIVE]
-            return SweepRef(uri, exp.experiment_id, sweep, runs[0].info.run_id, metrics)
+    runs = sweep_parent_runs(uri, sweep)
+    if runs:
+        run = runs[0]
+        spec = _artifact_yaml(mlflow_client(uri), run.info.run_id, "spec.yaml") or {}
+        metrics = (spec.get("objective") or {}).get("metrics") or [DEFAULT_OBJECTIVE]
+        return SweepRef(uri, run.info.experiment_id, sweep, run.info.run_id, metrics)
     raise FileNotFoundError(
         f"no sweep {sweep!r}: not a sweep folder (with {SWEEP_FILE}) and no sweep of that id in "
         f"MLflow at {uri}; see `compsweep status` for the sweeps there"
@@ -150,8 +146,6 @@ def run_analysis(
     Metrics are logged at step = the number of trials analyzed, so analyses of a running
     sweep form a history.
     """
-    from mlflow import MlflowClient
-
     from sweeps.analysis_plots import plot_all
     from sweeps.analysis_report import report_lines, write_tables
 
@@ -162,7 +156,7 @@ def run_analysis(
     report = out / "report.txt"
     report.write_text("\n".join(report_lines(a, ref.sweep_id)) + "\n")
     files = [report, *write_tables(a, out), *plot_all(a, out)]
-    client = MlflowClient(ref.tracking_uri)
+    client = mlflow_client(ref.tracking_uri)
     step = len(a.used)
     metrics = {"e_opt_groups": len(a.usable_groups), "analyzed_trials": len(a.used)}
     if a.centre is not None:
@@ -194,13 +188,11 @@ def best_configs(
     refuses test-split and direction-less metrics; skips failed, diverged and unfinished trials
     and any trial whose value is missing or not finite.
     """
-    from mlflow import MlflowClient
-
     metric = metric or ref.objective[0]
     problem = check_selectable(metric)
     if problem:
         raise ValueError(problem)
-    client = MlflowClient(ref.tracking_uri)
+    client = mlflow_client(ref.tracking_uri)
     runs = find_trial_runs(ref.tracking_uri, ref.experiment_id, ref.sweep_id)
     diverged = [(r.data.tags.get("compsweep.trial_id", r.info.run_id),
                  r.data.tags.get(STATUS_REASON_TAG, "")) for r in runs
