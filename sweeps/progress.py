@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from ray.tune import Callback
 
+from sweeps.secrets import redact
 from sweeps.spec import SweepSpec
 from trainers.metrics import format_metrics, get_metric, rank_key
 
@@ -48,8 +49,6 @@ class SweepProgress(Callback):
             if self.best
             else "best -"
         )
-        from sweeps.secrets import redact
-
         print(
             redact(
                 f"[{time.perf_counter() - self.t0:6.0f}s] {done}/{self.total} done, {running} running, {best} | {text}"

@@ -494,12 +494,15 @@ def _refuse_live_driver_elsewhere(record: SweepRecord, parent_run_state: Any) ->
         raise SweepBusy(Path(record.path), Holder(host, int(pid or 0), beat, beat))
 
 
-def trial_rows(record: SweepRecord) -> list[dict[str, Any]]:
-    """One row per trial run: id, state, final metrics, knobs and MLflow run id."""
+def trial_rows(record: SweepRecord, runs: list | None = None) -> list[dict[str, Any]]:
+    """One row per trial run (``runs`` if already read, else the sweep's from MLflow): id,
+    state, final metrics, knobs and MLflow run id."""
     from sweeps.outcomes import run_state
 
+    if runs is None:
+        runs = find_trial_runs(record.tracking_uri, record.experiment_id, record.sweep_id)
     rows = []
-    for run in find_trial_runs(record.tracking_uri, record.experiment_id, record.sweep_id):
+    for run in runs:
         tid = run.data.tags.get("compsweep.trial_id")
         rows.append(
             {
@@ -557,7 +560,7 @@ def _finish(
     if outcome.unsuccessful:
         _say(stream, f"see why in `compsweep status {record.path}`; retry the failed trials "
                      f"with `compsweep resume --retry-failed {record.path}`")  # fmt: skip
-    rows = [r for r in trial_rows(record) if r["status"] == "finished"] if runs else []
+    rows = [r for r in trial_rows(record, runs) if r["status"] == "finished"]
     if rows:
         metrics, modes = _objective(spec)
         best = best_rows(rows, metrics, modes, top=5)

@@ -124,7 +124,7 @@ def _show_one(sweep: str, tracking_uri: str | None, out: TextIO) -> int:
     if record is None:
         record = SweepRecord(info.sweep_id, info.path, {}, info.tracking_uri, info.experiment_id,
                              info.parent_run_id)  # fmt: skip
-    rows = trial_rows(record)
+    rows = trial_rows(record, runs)
     objective = ((record.spec.get("objective") or {}).get("metrics") or ["val_accuracy"])[0]
     from trainers.metrics import METRICS, rank_key
 
