@@ -11,7 +11,7 @@ from typing import Any
 from sweeps.driver import DRIVER_GONE_AFTER_S, DRIVER_TAG, HEARTBEAT_TAG, PATH_TAG
 from sweeps.lock import holder_alive
 from sweeps.runner import SWEEP_FILE, SweepRecord
-from sweeps.tracking import ROLE_TAG, STATUS_TAG, SWEEP_ID_TAG, mlflow_client
+from sweeps.tracking import ROLE_TAG, SWEEP_ID_TAG, mlflow_client
 
 
 @dataclass
@@ -37,9 +37,10 @@ class SweepInfo:
         )
 
     def last_heartbeat(self) -> float | None:
+        """Epoch seconds of the driver's last heartbeat (None if it never beat)."""
         try:
-            return float(self.tags.get(HEARTBEAT_TAG) or "nan")
-        except ValueError:
+            return float(self.tags[HEARTBEAT_TAG])
+        except (KeyError, ValueError):
             return None
 
 
@@ -48,7 +49,7 @@ def driver_alive(info: SweepInfo) -> bool:
     if info.path and (Path(info.path) / SWEEP_FILE).is_file() and holder_alive(info.path):
         return True
     beat = info.last_heartbeat()
-    return beat is not None and beat == beat and time.time() - beat < DRIVER_GONE_AFTER_S
+    return beat is not None and time.time() - beat < DRIVER_GONE_AFTER_S
 
 
 def sweep_parent_runs(uri: str, sweep_id: str | None = None) -> list[Any]:
@@ -130,9 +131,5 @@ def resolve(sweep: str, tracking_uri: str | None = None) -> tuple[SweepInfo, Swe
 
 def describe_driver(info: SweepInfo) -> str:
     beat = info.last_heartbeat()
-    ago = f", last heartbeat {time.time() - beat:.0f} s ago" if beat and beat == beat else ""
+    ago = f", last heartbeat {time.time() - beat:.0f} s ago" if beat is not None else ""
     return f"{info.tags.get(DRIVER_TAG) or 'unknown driver'}{ago}"
-
-
-def trial_state_tag(run: Any) -> str:
-    return dict(run.data.tags).get(STATUS_TAG, "")
