@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint sysdeps bench clean
+.PHONY: demo test test-docker lint sysdeps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ lint: $(STAMP)
 
 test: $(STAMP) sysdeps lint
 	$(BIN)/pytest -q
+
+# The compose cluster on real containers, end to end (scripts/docker_e2e.py): builds the images,
+# brings the cluster up, runs a sweep through a killed worker and a restarted MLflow, checks
+# MLflow, PostgreSQL and the UI, then `down -v`. Starts the Docker engine when absent (root).
+test-docker: $(STAMP) sysdeps
+	$(BIN)/python scripts/docker_e2e.py
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db .pytest_cache

@@ -6,17 +6,29 @@
 # MLflow's own version must be the one the trials' clients speak to; keep it in step with
 # MLFLOW_VERSION in docker/Dockerfile.
 
+#
+# Offline or behind a proxy: the same build arguments and `pip_cert` build secret as
+# docker/Dockerfile (PYTHON_IMAGE, PIP_INDEX_URL, PIP_FIND_LINKS).
+
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 ARG MLFLOW_VERSION=3.17.2
 
-FROM python:3.11.13-slim-bookworm AS build
+FROM ${PYTHON_IMAGE} AS build
 ARG MLFLOW_VERSION
+ARG PIP_INDEX_URL=https://pypi.org/simple
+ARG PIP_FIND_LINKS=
 ENV PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_INDEX_URL=${PIP_INDEX_URL} \
+    PIP_FIND_LINKS=${PIP_FIND_LINKS}
+# The CA bundle secret is mounted for this RUN only; it is in no layer.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python -m venv /opt/venv \
     && /opt/venv/bin/pip install "mlflow[auth]==${MLFLOW_VERSION}" "psycopg[binary]==3.3.9" \
     && /opt/venv/bin/pip check
 
-FROM python:3.11.13-slim-bookworm
+FROM ${PYTHON_IMAGE}
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

@@ -253,12 +253,17 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def _stages(dockerfile: Path) -> dict[str, dict]:
-    """stage name -> {"base": image or stage, "user": last USER or None}."""
+    """stage name -> {"base": image or stage, "user": last USER or None}. A base given as
+    ``${ARG}`` is that global ARG's default (what a build with no flags uses)."""
     stages: dict[str, dict] = {}
+    defaults: dict[str, str] = {}
     current = None
     for i, (word, rest) in enumerate(_instructions(dockerfile)):
+        if word == "ARG" and not stages and "=" in rest:
+            key, _, value = rest.partition("=")
+            defaults[key.strip()] = value.strip()
         if word == "FROM":
-            parts = rest.split()
+            parts = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m[1], m[0]), rest).split()
             name = parts[2] if len(parts) >= 3 and parts[1].upper() == "AS" else f"#{i}"
             current = stages[name] = {"base": parts[0], "user": None}
         elif word == "USER" and current is not None:
@@ -322,14 +327,14 @@ def test_dockerfile_pins_bases_copies_existing_files_runs_unprivileged(image):
 def test_dockerfile_checks_catch_what_they_claim(tmp_path):
     bad = tmp_path / "Dockerfile"
     bad.write_text(
-        "FROM python:latest AS build\nCOPY missing.txt /x\n"
-        "FROM debian\nCOPY --from=build /x /x\nUSER root\n"
+        "ARG BASE=debian\nFROM python:latest AS build\nCOPY missing.txt /x\n"
+        "FROM ${BASE}\nCOPY --from=build /x /x\nUSER root\n"
     )
     assert _dockerfile_problems(bad, tmp_path, set()) == [
         "stage build: base image python:latest is not pinned",
-        "stage #2: base image debian is not pinned",
+        "stage #3: base image debian is not pinned",
         "COPY missing.txt: no such file in the build context",
-        "stage #2 runs as root",
+        "stage #3 runs as root",
     ]
 
 
