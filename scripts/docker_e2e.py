@@ -126,6 +126,18 @@ class Cluster:
         resp.raise_for_status()
         return [n["raylet"] for n in resp.json()["data"]["summary"]]
 
+    def worker_ips(self) -> dict[str, str]:
+        """IP address -> ray-worker container, for the worker containers now."""
+        fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
+        return {run([self.docker, "inspect", "--format", fmt, cid]).stdout.strip(): cid
+                for cid in self.ids("ray-worker")}  # fmt: skip
+
+    def node_containers(self, ips: dict[str, str]) -> dict[str, str]:
+        """Ray node id -> ray-worker container, for every node Ray knows (alive or dead)
+        at an address of ``ips``."""
+        return {n["nodeId"]: ips[n["nodeManagerAddress"]] for n in self.ray_nodes()
+                if n["nodeManagerAddress"] in ips}  # fmt: skip
+
     def alive_workers(self) -> set[str]:
         return {n["nodeId"] for n in self.ray_nodes()
                 if n["state"] == "ALIVE" and not n.get("isHeadNode")}  # fmt: skip
@@ -183,7 +195,7 @@ def check_images(docker: str, images: list[str], cpu_image: str, extra_secrets: 
     )
     out = run([docker, "run", "--rm", "--entrypoint", "python", cpu_image, "-c", probe],
               timeout=300).stdout.strip()  # fmt: skip
-    libs = run([docker, "run", "--rm", "--entrypoint", "sh", cpu_image, "-c",
+    libs = run([docker, "run", "--rm", "--user", "0", "--entrypoint", "sh", cpu_image, "-c",
                 "find / -xdev \\( -name 'libcudart*' -o -name 'libcublas*' -o -name 'libcudnn*'"
                 " -o -name 'libnccl*' -o -name 'libcufft*' -o -name 'libcusparse*' \\) -print"],
                timeout=300).stdout.split()  # fmt: skip
@@ -222,7 +234,7 @@ def sweep_spec() -> dict:
             "data": {"name": "digits", "batch_size": 32, "limit_train": 512},
             "model": {"name": "small_cnn"},
             "compression": {"targets": {"min_params": 10}},
-            "run": {"steps": int(os.environ.get("COMPSWEEP_E2E_STEPS", "300")),
+            "run": {"steps": int(os.environ.get("COMPSWEEP_E2E_STEPS", "400")),
                     "eval_every": 1.0, "device": "cpu"},  # fmt: skip
         },
         "space": {"name": "prune", "overrides": {"pnr": {"low": 2, "high": 6}, "lr": 0.05}},
@@ -257,10 +269,11 @@ def submit(cluster: Cluster, workdir: Path) -> tuple[subprocess.Popen, Path]:
 
 
 def _trial_worker(cluster: Cluster) -> str | None:
-    """A ray-worker container running a trial (a ``ray::ImplicitFunc`` process)."""
+    """A ray-worker container running a trial (a ``ray::ImplicitFunc.train`` process; an idle
+    reused trial actor is only ``ray::ImplicitFunc``)."""
     for cid in cluster.ids("ray-worker"):
         top = run([cluster.docker, "top", cid], check=False, timeout=30).stdout
-        if "ray::ImplicitFunc" in top:
+        if "ray::ImplicitFunc.train" in top:
             return cid
     return None
 
@@ -272,8 +285,8 @@ def _has_checkpoint(cluster: Cluster) -> bool:
 
 
 def interrupt(cluster: Cluster, proc: subprocess.Popen, out: Path) -> dict:
-    """While the sweep runs: kill the worker container of a checkpointed trial, bring it back,
-    then restart the MLflow container. Returns what was done, for the checks."""
+    """While the sweep runs: kill the worker container of a trial once a trial has a checkpoint,
+    restart the MLflow container, start the killed worker again. Returns what was done."""
     deadline = time.monotonic() + 600
     victim = None
     while victim is None:
@@ -286,27 +299,17 @@ def interrupt(cluster: Cluster, proc: subprocess.Popen, out: Path) -> dict:
         time.sleep(1)
     run([cluster.docker, "kill", victim], timeout=60)
     log(f"killed Ray worker container {victim[:12]} mid-trial (docker kill)")
-    time.sleep(5)
-    run([cluster.docker, "start", victim], timeout=60)  # a no-op if its restart policy did it
-    log("started it again: it rejoins as a new Ray node")
-
-    deadline = time.monotonic() + 300
-    while "retrying from its last checkpoint" not in out.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise E2EError("the driver never said the killed trial retries from its checkpoint:\n"
-                           + out.read_text()[-4000:])  # fmt: skip
-        time.sleep(1)
-    if proc.poll() is not None:
-        raise E2EError("the sweep ended before the MLflow restart: make the trials longer "
-                       "(COMPSWEEP_E2E_STEPS)")  # fmt: skip
+    # Both right away, so both surely fall inside the sweep however fast this machine is.
     mlflow = cluster.one("mlflow")
     run([cluster.docker, "restart", mlflow], timeout=120)
+    restarted_mid_sweep = proc.poll() is None
     log("restarted the MLflow container mid-sweep")
-    restarted_during_sweep = proc.poll() is None
-    return {"killed": victim, "mlflow_restarted_mid_sweep": restarted_during_sweep}
+    run([cluster.docker, "start", victim], timeout=60)  # a no-op if its restart policy did it
+    log("started the killed worker again: it rejoins as a new Ray node")
+    return {"killed": victim, "mlflow_restarted_mid_sweep": restarted_mid_sweep}
 
 
-def check_runs(cluster: Cluster, driver_output: str) -> dict:
+def check_runs(cluster: Cluster, driver_output: str, ips_before: dict[str, str]) -> dict:
     """Through MLflow's authenticated REST API and PostgreSQL: nothing lost, nothing twice."""
     api = f"{cluster.mlflow_uri}/api/2.0/mlflow"
     anonymous = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": SWEEP},
@@ -335,21 +338,19 @@ def check_runs(cluster: Cluster, driver_output: str) -> dict:
         if r["info"]["status"] != "FINISHED":
             problems.append(f"run {r['info']['run_name']} is {r['info']['status']}")
     for r in children:
-        metrics = {m["key"] for m in r["data"].get("metrics", [])}
+        metrics = {m["key"]: m["value"] for m in r["data"].get("metrics", [])}
         if "val_accuracy" not in metrics:
             problems.append(f"trial {r['info']['run_name']} has no val_accuracy")
+        events = int(metrics.get("num_distortions", -1))
         for key in ("train_loss", "val_accuracy", "e_w"):
             hist = requests.get(f"{api}/metrics/get-history", auth=cluster.auth, timeout=30,
                                 params={"run_id": r["info"]["run_id"], "metric_key": key,
                                         "max_results": 25000})  # fmt: skip
             hist.raise_for_status()
             steps = [int(m["step"]) for m in hist.json().get("metrics", [])]
-            if len(steps) < 2 or len(steps) != len(set(steps)):
-                problems.append(f"trial {r['info']['run_name']} {key}: steps {sorted(steps)}")
-    events = [int(m["value"]) for r in children for m in r["data"].get("metrics", [])
-              if m["key"] == "num_distortions"]  # fmt: skip
-    if len(events) != TRIALS:
-        problems.append(f"num_distortions logged by {len(events)} of {TRIALS} trials")
+            lost = key == "e_w" and len(steps) != events  # one e_w point per distortion
+            if len(steps) < 2 or len(steps) != len(set(steps)) or lost:
+                problems.append(f"trial {r['info']['run_name']} {key}: steps {sorted(steps)}, {events} distortions")  # fmt: skip
 
     # The same from PostgreSQL's rows: 1 + TRIALS runs, no (run, key, step) twice.
     where = f"e.name = '{SWEEP}'"
@@ -365,20 +366,22 @@ def check_runs(cluster: Cluster, driver_output: str) -> dict:
     if n_runs != TRIALS + 1 or dupes:
         problems.append(f"PostgreSQL: {n_runs} runs, {dupes} (run, key, step) logged twice")
 
-    # Both workers trained; no trial on the head (it offers no CPUs).
-    nodes = cluster.ray_nodes()
-    head = {n["nodeId"] for n in nodes if n.get("isHeadNode")}
+    # Both worker containers trained (a killed worker comes back as a new Ray node: node ids
+    # map to containers through the ids seen before the sweep and those alive now).
+    containers = cluster.node_containers({**ips_before, **cluster.worker_ips()})
     used = {tags(r).get("compsweep.ray_node_id") for r in children}
-    if len(used) < 2 or used & head:
-        problems.append(f"trials ran on nodes {used} (head {head}): not on two workers")
+    on = {containers.get(n, f"unknown node {n}") for n in used}
+    if on != set(ips_before.values()):
+        nodes = [(n["nodeId"][:8], n["nodeManagerAddress"], n["state"]) for n in cluster.ray_nodes()]  # fmt: skip
+        problems.append(f"trials ran on {sorted(on)}, not on both workers {sorted(ips_before.values())}; Ray nodes {nodes}")  # fmt: skip
     if "retrying from its last checkpoint" not in driver_output:
         problems.append("the driver did not report the killed trial's retry from its checkpoint")
     if problems:
         raise E2EError("run checks failed:\n  " + "\n  ".join(problems))
     log(f"MLflow API: 1 parent + {TRIALS} trials FINISHED, no point twice; PostgreSQL: "
-        f"{n_runs} runs, {points} metric rows, 0 duplicates; trials on {len(used)} Ray nodes")  # fmt: skip
+        f"{n_runs} runs, {points} metric rows, 0 duplicates; trials on both workers ({len(used)} Ray nodes)")  # fmt: skip
     return {"experiment_id": exp_id, "trial_names": [r["info"]["run_name"] for r in children],
-            "parent_name": parents[0]["info"]["run_name"], "nodes": len(used)}  # fmt: skip
+            "parent_name": parents[0]["info"]["run_name"]}  # fmt: skip
 
 
 def check_ui(cluster: Cluster, exp_id: str, names: list[str], workdir: Path) -> Path:
@@ -489,6 +492,9 @@ def _end_to_end(args: argparse.Namespace, workdir: Path, timings: dict, state: d
     log("docker compose up -d --scale ray-worker=2")
     cluster.cmd("up", "-d", "--no-build", "--scale", "ray-worker=2", timeout=600)
     cluster.wait_healthy(workers=2)
+    ips_before = cluster.worker_ips()  # a killed worker may come back at another address
+    if len(ips_before) != 2 or len(cluster.node_containers(ips_before)) != 2:
+        raise E2EError(f"expected two Ray workers in two containers: {ips_before}")
     timings["up + healthy"] = time.monotonic() - t
     log(f"cluster healthy in {timings['up + healthy']:.0f} s: 2 Ray workers alive")
 
@@ -509,11 +515,12 @@ def _end_to_end(args: argparse.Namespace, workdir: Path, timings: dict, state: d
     if cluster.admin_password in output:
         raise E2EError("the MLflow password shows in the job's output")
     if not done["mlflow_restarted_mid_sweep"]:
-        raise E2EError("the MLflow restart came after the sweep ended")
+        raise E2EError("the sweep ended before the MLflow restart: make the trials longer "
+                       "(COMPSWEEP_E2E_STEPS)")  # fmt: skip
     log(f"sweep succeeded in {timings['sweep']:.0f} s despite the kill and the restart")
 
     t = time.monotonic()
-    found = check_runs(cluster, output)
+    found = check_runs(cluster, output, ips_before)
     check_ui(cluster, found["experiment_id"], found["trial_names"], workdir)
     timings["checks"] = time.monotonic() - t
     log("sizes: " + ", ".join(f"{k} {v['size_mb']} MB" for k, v in images.items() if "size_mb" in v))  # fmt: skip
