@@ -28,7 +28,7 @@ from sweeps.tracking import (
     mlflow_client,
 )
 from trainers import yamlio
-from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key
+from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key, validation_metrics
 from trainers.yamlio import parse_scalar
 
 
@@ -101,6 +101,10 @@ def knob_value(text: str) -> Any:
     return text
 
 
+# Validation metrics ``analyze`` can locate optima on (loaded into each trial's ``metrics``).
+ANALYZABLE = frozenset(validation_metrics())
+
+
 def _float(metrics: dict[str, float], key: str) -> float | None:
     v = metrics.get(key)
     return float(v) if v is not None else None
@@ -117,6 +121,7 @@ def load_trials(ref: SweepRef) -> list[Trial]:
         }
         if "pnr" not in knobs and "compression.pnr" in p:  # pNR fixed in the base config
             knobs["pnr"] = knob_value(p["compression.pnr"])
+        knobs.pop("seed", None)  # a grid's replicate axis: the run's seed, not a knob
         seed = knob_value(p["run.seed"]) if "run.seed" in p else None
         out.append(Trial(
             trial_id=tags.get(TRIAL_ID_TAG, run.info.run_id),
@@ -133,23 +138,33 @@ def load_trials(ref: SweepRef) -> list[Trial]:
             outcome_reason=tags.get(STATUS_REASON_TAG),
             seed=seed if isinstance(seed, int) else None,
             steps=_float(m, "steps"),
+            metrics={k: float(v) for k, v in m.items() if k in ANALYZABLE},
         ))  # fmt: skip
     return out
 
 
+def analysis_metric(ref: SweepRef, metric: str | None = None) -> str:
+    """The metric ``analyze`` locates optima on: ``metric`` if given, else the sweep's first
+    objective when it is a validation metric, else validation accuracy."""
+    if metric is not None:
+        return metric
+    first = ref.objective[0] if ref.objective else None
+    return first if first in ANALYZABLE else DEFAULT_OBJECTIVE
+
+
 def run_analysis(
-    ref: SweepRef, bins: int = 5, out_dir: str | None = None
+    ref: SweepRef, bins: int = 5, out_dir: str | None = None, metric: str | None = None
 ) -> tuple[Analysis, list[Path]]:
     """Analyze the sweep; log e_opt (when supported), its range and group count, the tables,
     the report and the plots to its parent run (``analysis/``); ``out_dir`` keeps a copy.
 
     Metrics are logged at step = the number of trials analyzed, so analyses of a running
-    sweep form a history.
+    sweep form a history. ``metric``: see :func:`analysis_metric`.
     """
     from sweeps.analysis_plots import plot_all
     from sweeps.analysis_report import report_lines, write_tables
 
-    a = analyze(load_trials(ref), bins=bins)
+    a = analyze(load_trials(ref), bins=bins, metric=analysis_metric(ref, metric))
     keep = out_dir is not None
     out = Path(out_dir) if keep else Path(tempfile.mkdtemp(prefix="compsweep-analysis-"))
     out.mkdir(parents=True, exist_ok=True)
