@@ -126,17 +126,17 @@ class Cluster:
         resp.raise_for_status()
         return [n["raylet"] for n in resp.json()["data"]["summary"]]
 
-    def worker_ips(self) -> dict[str, str]:
-        """IP address -> ray-worker container, for the worker containers now."""
-        fmt = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"
-        return {run([self.docker, "inspect", "--format", fmt, cid]).stdout.strip(): cid
+    def worker_hosts(self) -> dict[str, str]:
+        """Host name -> ray-worker container (a container's host name is its short id)."""
+        return {run([self.docker, "inspect", "--format", "{{.Config.Hostname}}", cid]).stdout.strip(): cid
                 for cid in self.ids("ray-worker")}  # fmt: skip
 
-    def node_containers(self, ips: dict[str, str]) -> dict[str, str]:
-        """Ray node id -> ray-worker container, for every node Ray knows (alive or dead)
-        at an address of ``ips``."""
-        return {n["nodeId"]: ips[n["nodeManagerAddress"]] for n in self.ray_nodes()
-                if n["nodeManagerAddress"] in ips}  # fmt: skip
+    def node_containers(self) -> dict[str, str]:
+        """Ray node id -> ray-worker container, for every Ray node alive or dead (by host
+        name: a killed and restarted worker keeps its container but is a new Ray node)."""
+        hosts = self.worker_hosts()
+        return {n["nodeId"]: hosts[n["nodeManagerHostname"]] for n in self.ray_nodes()
+                if n.get("nodeManagerHostname") in hosts}  # fmt: skip
 
     def alive_workers(self) -> set[str]:
         return {n["nodeId"] for n in self.ray_nodes()
@@ -309,7 +309,7 @@ def interrupt(cluster: Cluster, proc: subprocess.Popen, out: Path) -> dict:
     return {"killed": victim, "mlflow_restarted_mid_sweep": restarted_mid_sweep}
 
 
-def check_runs(cluster: Cluster, driver_output: str, ips_before: dict[str, str]) -> dict:
+def check_runs(cluster: Cluster, driver_output: str, nodes_before: dict[str, str]) -> dict:
     """Through MLflow's authenticated REST API and PostgreSQL: nothing lost, nothing twice."""
     api = f"{cluster.mlflow_uri}/api/2.0/mlflow"
     anonymous = requests.get(f"{api}/experiments/get-by-name", params={"experiment_name": SWEEP},
@@ -368,12 +368,12 @@ def check_runs(cluster: Cluster, driver_output: str, ips_before: dict[str, str])
 
     # Both worker containers trained (a killed worker comes back as a new Ray node: node ids
     # map to containers through the ids seen before the sweep and those alive now).
-    containers = cluster.node_containers({**ips_before, **cluster.worker_ips()})
+    containers = {**nodes_before, **cluster.node_containers()}
     used = {tags(r).get("compsweep.ray_node_id") for r in children}
     on = {containers.get(n, f"unknown node {n}") for n in used}
-    if on != set(ips_before.values()):
-        nodes = [(n["nodeId"][:8], n["nodeManagerAddress"], n["state"]) for n in cluster.ray_nodes()]  # fmt: skip
-        problems.append(f"trials ran on {sorted(on)}, not on both workers {sorted(ips_before.values())}; Ray nodes {nodes}")  # fmt: skip
+    if on != set(nodes_before.values()):
+        nodes = [(n["nodeId"][:8], n.get("nodeManagerHostname"), n["nodeManagerAddress"], n["state"]) for n in cluster.ray_nodes()]  # fmt: skip
+        problems.append(f"trials ran on {sorted(on)}, not on both workers {sorted(nodes_before.values())}; Ray nodes {nodes}, worker hosts {cluster.worker_hosts()}")  # fmt: skip
     if "retrying from its last checkpoint" not in driver_output:
         problems.append("the driver did not report the killed trial's retry from its checkpoint")
     if problems:
@@ -492,9 +492,9 @@ def _end_to_end(args: argparse.Namespace, workdir: Path, timings: dict, state: d
     log("docker compose up -d --scale ray-worker=2")
     cluster.cmd("up", "-d", "--no-build", "--scale", "ray-worker=2", timeout=600)
     cluster.wait_healthy(workers=2)
-    ips_before = cluster.worker_ips()  # a killed worker may come back at another address
-    if len(ips_before) != 2 or len(cluster.node_containers(ips_before)) != 2:
-        raise E2EError(f"expected two Ray workers in two containers: {ips_before}")
+    nodes_before = cluster.node_containers()
+    if len(set(nodes_before.values())) != 2:
+        raise E2EError(f"expected two Ray workers in two containers: {nodes_before}")
     timings["up + healthy"] = time.monotonic() - t
     log(f"cluster healthy in {timings['up + healthy']:.0f} s: 2 Ray workers alive")
 
@@ -520,7 +520,7 @@ def _end_to_end(args: argparse.Namespace, workdir: Path, timings: dict, state: d
     log(f"sweep succeeded in {timings['sweep']:.0f} s despite the kill and the restart")
 
     t = time.monotonic()
-    found = check_runs(cluster, output, ips_before)
+    found = check_runs(cluster, output, nodes_before)
     check_ui(cluster, found["experiment_id"], found["trial_names"], workdir)
     timings["checks"] = time.monotonic() - t
     log("sizes: " + ", ".join(f"{k} {v['size_mb']} MB" for k, v in images.items() if "size_mb" in v))  # fmt: skip
