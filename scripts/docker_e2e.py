@@ -368,9 +368,13 @@ def check_runs(cluster: Cluster, driver_output: str, nodes_before: dict[str, str
 
     # Both worker containers trained (a killed worker comes back as a new Ray node: node ids
     # map to containers through the ids seen before the sweep and those alive now).
-    containers = {**nodes_before, **cluster.node_containers()}
     used = {tags(r).get("compsweep.ray_node_id") for r in children}
-    on = {containers.get(n, f"unknown node {n}") for n in used}
+    for _ in range(10):  # the dashboard may lag behind a node that joined lately
+        containers = {**nodes_before, **cluster.node_containers()}
+        on = {containers.get(n, f"unknown node {n}") for n in used}
+        if on == set(nodes_before.values()):
+            break
+        time.sleep(3)
     if on != set(nodes_before.values()):
         nodes = [(n["nodeId"][:8], n.get("nodeManagerHostname"), n["nodeManagerAddress"], n["state"]) for n in cluster.ray_nodes()]  # fmt: skip
         problems.append(f"trials ran on {sorted(on)}, not on both workers {sorted(nodes_before.values())}; Ray nodes {nodes}, worker hosts {cluster.worker_hosts()}")  # fmt: skip
