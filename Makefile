@@ -41,9 +41,10 @@ test: $(STAMP) sysdeps lint
 	$(BIN)/pytest -q
 
 # The quick tier while changing code: every test except those marked integration (a real Ray
-# runtime, a real MLflow server, a cluster) or slow. Lint is separate: `make lint`.
+# runtime, a real MLflow server, a cluster) or slow, spread over the CPUs (pytest-xdist).
+# Lint is separate: `make lint`.
 test-fast: $(STAMP) sysdeps
-	$(BIN)/pytest -q -m "not integration and not slow"
+	$(BIN)/pytest -q -n auto -m "not integration and not slow"
 
 clean:
 	rm -rf $(VENV) mlruns mlflow.db .pytest_cache
