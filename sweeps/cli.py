@@ -254,6 +254,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     for i, c in enumerate(best.configs):
         m = c["provenance"]["metrics"]
         shown = format_metrics(m, [metric, "val_accuracy", "test_accuracy"])
+        seeds = c["provenance"].get("seeds")
+        shown = f"mean of {len(seeds)} seeds {shown}" if seeds else shown
         print(f"[{i}] trial {c['provenance']['trial_id']}: {shown}, "
               f"compression {m.get('compression_ratio', float('nan')):.2f}x (run {c['provenance']['run_id']})")  # fmt: skip
     print(
