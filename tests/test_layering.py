@@ -19,8 +19,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 FORBIDDEN = ("ray", "mlflow", "optuna")
 
-# Imports `trainers`, then every module under it, and prints which of them (if any) pulled in a
-# forbidden package, and the first forbidden module each one loaded.
+# Imports `trainers`, then every module under it in name order, and prints which imports (if
+# any) pulled in a forbidden package — the module itself or one it imports — and the first
+# forbidden module each one loaded.
 PROBE = """
 import importlib, json, pkgutil, sys
 forbidden = {forbidden!r}
@@ -64,8 +65,8 @@ def test_importing_trainers_loads_no_ray_mlflow_or_optuna(probe):
     )
     from_trainers = {k: v for k, v in probe["culprits"].items() if k.startswith("trainers")}
     assert from_trainers == {}, (
-        "these trainers modules import a package trainers/ must not use "
-        f"(module: first forbidden module loaded): {from_trainers}"
+        "importing these trainers modules (or a module they import) loads a package trainers/ "
+        f"must not use (module: first forbidden module loaded): {from_trainers}"
     )
 
 
