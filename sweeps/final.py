@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sweeps.quiet import library_prints
 from trainers.callbacks import Callback, ConsoleProgress
 from trainers.config import ConfigError, TrainConfig, parse_train_config, read_mapping, set_dotted
 from trainers.loop import Trainer
@@ -181,7 +182,7 @@ def train_final(
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), library_prints("mlflow.registry"):
             info = mlflow.pytorch.log_model(
                 model.cpu(),
                 name="model",

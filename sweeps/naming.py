@@ -85,13 +85,22 @@ def fixed_knobs(overrides: dict[str, Any]) -> set[str]:
     return {k for k, v in overrides.items() if not isinstance(v, dict | list)}
 
 
-def runs_view_link(base: str, experiment_id: str) -> str:
+def runs_view_link(base: str, experiment_id: str, order_by: str | None = None) -> str:
     """The MLflow UI's runs table of an experiment (MLflow 3 opens its GenAI pages without
-    ``workflowType=machine_learning``)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    ``workflowType=machine_learning``). ``order_by`` (a metric) sorts it best first, which
+    also lists the trial runs the table otherwise folds under their sweep's run."""
+    link = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if order_by:
+        from trainers.metrics import get_metric
+
+        ascending = get_metric(order_by).direction == "min"
+        link += f"&orderByKey=metrics.%60{order_by}%60&orderByAsc={str(ascending).lower()}"
+    return link
 
 
-def browse_hint(tracking_uri: str, experiment_id: str, run_id: str | None = None) -> str:
+def browse_hint(
+    tracking_uri: str, experiment_id: str, run_id: str | None = None, order_by: str | None = None
+) -> str:
     """Where to see an experiment's runs (or one run) in the MLflow UI, as one line: the
     server's page for an MLflow server, ``compsweep ui`` and its page for an SQLite store."""
     ui = "http://127.0.0.1:5000"
@@ -101,7 +110,11 @@ def browse_hint(tracking_uri: str, experiment_id: str, run_id: str | None = None
         base, how = ui, "Browse it with `compsweep ui` and open"
     else:
         return ""
-    link = run_link(base, experiment_id, run_id) if run_id else runs_view_link(base, experiment_id)
+    link = (
+        run_link(base, experiment_id, run_id)
+        if run_id
+        else runs_view_link(base, experiment_id, order_by)
+    )
     return f"{how} {link}"
 
 

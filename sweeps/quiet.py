@@ -14,11 +14,14 @@ on its first log line), so :func:`route_libraries` is called again after those i
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 LOG_FILE = "compsweep.log"
@@ -162,6 +165,24 @@ def route_libraries() -> None:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 logger.removeHandler(h)
         logger.propagate = True
+
+
+@contextlib.contextmanager
+def library_prints(logger_name: str) -> Iterator[None]:
+    """Inside: what a library prints itself (MLflow's "Successfully registered model ...")
+    goes to the log as INFO lines of ``logger_name``. Does nothing with ``-v``."""
+    if _active is None:
+        yield
+        return
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+            yield
+    finally:
+        log = logging.getLogger(logger_name)
+        for line in buffer.getvalue().splitlines():
+            if line.strip():
+                log.info("%s", line)
 
 
 def active_log() -> LibraryLog | None:

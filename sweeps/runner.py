@@ -607,7 +607,8 @@ def _stop_requested(record: SweepRecord) -> str | None:
 
 
 def _ui_hint(record: SweepRecord) -> str:
-    return browse_hint(record.tracking_uri, record.experiment_id)
+    spec = from_dict_spec(record.spec)
+    return browse_hint(record.tracking_uri, record.experiment_id, order_by=_objective(spec)[0][0])
 
 
 def _close_parent(record: SweepRecord, outcome: Outcome) -> None:

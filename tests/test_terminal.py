@@ -74,6 +74,27 @@ def test_every_printed_link_opens_the_runs_view():
         assert hint.endswith("?workflowType=machine_learning") and "/#/experiments/4/runs" in hint
     assert "compsweep ui" in browse_hint("sqlite:////tmp/x/mlflow.db", "4")
     assert browse_hint("postgresql://db/mlflow", "4") == ""
+    # sorted best first by the objective: the trial runs show, not folded under the sweep's
+    assert browse_hint("http://m:5000", "4", order_by="val_loss").endswith(
+        "/#/experiments/4/runs?workflowType=machine_learning"
+        "&orderByKey=metrics.%60val_loss%60&orderByAsc=true"
+    )
+    assert "orderByAsc=false" in browse_hint("http://m:5000", "4", order_by="val_accuracy")
+
+
+def test_what_a_library_prints_itself_goes_to_the_log(tmp_path, capsys):
+    from sweeps.quiet import attach_log, library_prints, quiet_libraries
+
+    quiet_libraries()  # as the command line does without -v
+    attach_log(tmp_path)
+    with library_prints("mlflow.registry"):
+        print("Successfully registered model 'm'.", file=sys.stderr)
+        print("Created version '1' of model 'm'.")
+    captured = capsys.readouterr()
+    assert "registered" not in captured.out + captured.err
+    log = (tmp_path / "compsweep.log").read_text()
+    assert "INFO mlflow.registry: Successfully registered model 'm'." in log
+    assert "Created version '1'" in log
 
 
 # -- progress -----------------------------------------------------------------------------------
