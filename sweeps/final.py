@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sweeps.quiet import library_prints
 from trainers.callbacks import Callback, ConsoleProgress
 from trainers.config import ConfigError, TrainConfig, parse_train_config, read_mapping, set_dotted
 from trainers.loop import Trainer
@@ -118,7 +119,8 @@ def train_final(
     cfg = parse_train_config(data, path)
     uri = tracking_uri or (prov or {}).get("tracking_uri") or default_tracking_uri()
     client = mlflow_client(uri)
-    experiment_id = (prov or {}).get("experiment_id") or ensure_experiment(uri, "compsweep-final")
+    # Final runs get an experiment of their own, next to the sweep's: its charts compare trials.
+    experiment_id = ensure_experiment(uri, final_experiment(client, prov))
     tags = {"compsweep.role": "final", "compsweep.method": cfg.compression.method}
     if prov:
         tags.update({
@@ -126,9 +128,7 @@ def train_final(
             "compsweep.source_trial_id": str(prov["trial_id"]),
             "compsweep.source_run_id": prov["run_id"],
         })  # fmt: skip
-    run = client.create_run(
-        experiment_id, tags=tags, run_name=f"final-{(prov or {}).get('trial_id', cfg.model.name)}"
-    )
+    run = client.create_run(experiment_id, tags=tags, run_name=final_run_name(client, prov, cfg))
     run_id = run.info.run_id
     client.log_batch(
         run_id,
@@ -182,7 +182,7 @@ def train_final(
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), library_prints("mlflow.registry"):
             info = mlflow.pytorch.log_model(
                 model.cpu(),
                 name="model",
@@ -208,7 +208,29 @@ def train_final(
         "model_name": name,
         "model_version": version,
         "tracking_uri": uri,
+        "experiment_id": experiment_id,
     }
+
+
+def final_experiment(client: Any, prov: dict[str, Any] | None) -> str:
+    """``<sweep experiment>-final``; ``compsweep-final`` without a sweep."""
+    if not prov:
+        return "compsweep-final"
+    try:
+        name = client.get_experiment(prov["experiment_id"]).name
+    except Exception:  # the sweep's experiment is gone: name it after the sweep
+        name = prov["sweep_id"].rsplit("-", 3)[0]
+    return f"{name}-final"
+
+
+def final_run_name(client: Any, prov: dict[str, Any] | None, cfg: Any) -> str:
+    """``final · prune r=0.90 pnr=7 · t04``: the source trial's run name, or what it trains."""
+    if prov:
+        try:
+            return f"final · {client.get_run(prov['run_id']).info.run_name}"
+        except Exception:  # the trial's run is gone
+            return f"final · {cfg.compression.method} · {prov['trial_id']}"
+    return f"final · {cfg.compression.method} · {cfg.model.name}"
 
 
 def _model_name(prov: dict[str, Any] | None, cfg: Any) -> str:

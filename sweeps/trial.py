@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from sweeps.naming import fixed_knobs, run_name, trial_label
 from sweeps.spec import SweepSpec, from_dict_spec, trial_train_dict
 from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker
 from trainers.callbacks import Callback
@@ -132,6 +133,12 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         sweep_id=sweep["sweep_id"],
         parent_run_id=sweep["parent_run_id"],
         trial_id=trial_id,
+        run_name=run_name(
+            cfg.compression.method,
+            knobs,
+            trial_label(tune.get_context().get_trial_name() or trial_id),
+            fixed_knobs(spec.space.overrides),
+        ),  # fmt: skip
         state=tracker_state,
     )
     # Where this attempt runs (a restored trial may land on another node).
