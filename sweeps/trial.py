@@ -113,8 +113,11 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     train_dict = trial_train_dict(spec, knobs)
     cfg = parse_train_config(train_dict, "trial config")
     trial_id = tune.get_context().get_trial_id()
-    # One intra-op thread per CPU the trial holds: oversubscribed torch threads crawl.
-    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    # Unless run.threads says otherwise, one torch thread per CPU the trial holds (the
+    # process may see every core of the node; oversubscribed torch threads crawl). Set on the
+    # parsed config only: config.yaml, and so `best` and the final training, keep the user's.
+    if cfg.run.threads is None:
+        cfg.run.threads = max(1, int(spec.resources.cpus))
 
     trainer_state = tracker_state = None
     checkpoint = tune.get_checkpoint()

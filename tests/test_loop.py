@@ -80,7 +80,10 @@ def test_pnr_larger_than_run_is_a_config_error(tiny_config):
 def test_metrics_follow_their_definitions(tiny_config):
     """e_w, delta_w and ΔL/L as the metric catalogue defines them, checked by hand."""
     t = Trainer(
-        tiny_config(compression={"method": "weight_decay", "params": {"theta": 0.2}, "pnr": 4})
+        tiny_config(
+            compression={"method": "weight_decay", "params": {"theta": 0.2}, "pnr": 4},
+            run={"measure_every": 1},
+        )
     )
 
     seen = {}
@@ -103,6 +106,36 @@ def test_metrics_follow_their_definitions(tiny_config):
     t.fit()
     for key, (expected, got) in seen.items():
         assert got == pytest.approx(expected, rel=1e-5), key
+
+
+def test_probe_losses_are_measured_every_kth_event_and_at_evaluations(tiny_config):
+    """e_w is exact at every event; the probe losses at every measure_every-th event (counted
+    from the first) and at each evaluation's event, so the series say which were measured."""
+    rec = Recorder()
+    cfg = tiny_config(run={"steps": 40, "eval_every": 1.0, "measure_every": 4}, compression={"pnr": 3})
+    Trainer(cfg, [rec]).fit()
+    evaluated = {s for s, _ in rec.evaluations}
+    assert all({"e_w", "e_w_per_pnr", "delta_w"} <= m.keys() for _, m in rec.distortions)
+    measured = [i for i, (_, m) in enumerate(rec.distortions) if "loss_pre" in m]
+    expected = [i for i, (s, _) in enumerate(rec.distortions) if i % 4 == 0 or s in evaluated]
+    assert measured == expected and len(measured) < len(rec.distortions)
+    assert all(
+        {"loss_post", "delta_loss_ratio"} <= m.keys()
+        for i, (_, m) in enumerate(rec.distortions)
+        if i in measured
+    )
+
+
+@pytest.mark.parametrize(
+    "probe,batch,pnr,budget,k", [(50, 50, 1, 0.02, 34), (50, 50, 10, 0.02, 4), (50, 50, 100, 0.02, 1),
+                                 (25, 50, 1, 0.1, 4), (3, 3, 1, 1.0, 1)],
+)  # fmt: skip
+def test_default_measure_interval_keeps_the_cost_within_budget(probe, batch, pnr, budget, k):
+    from trainers.loop import auto_measure_every
+
+    assert auto_measure_every(probe, batch, pnr, budget) == k
+    # the cost model: two probe forwards per measurement vs three forwards per training step
+    assert 2 * probe / (3 * batch) / (k * pnr) <= budget + 1e-12
 
 
 def test_probe_loss_changes_nothing(tiny_config):
