@@ -112,7 +112,9 @@ def test_probe_losses_are_measured_every_kth_event_and_at_evaluations(tiny_confi
     """e_w is exact at every event; the probe losses at every measure_every-th event (counted
     from the first) and at each evaluation's event, so the series say which were measured."""
     rec = Recorder()
-    cfg = tiny_config(run={"steps": 40, "eval_every": 1.0, "measure_every": 4}, compression={"pnr": 3})
+    cfg = tiny_config(
+        run={"steps": 40, "eval_every": 1.0, "measure_every": 4}, compression={"pnr": 3}
+    )
     Trainer(cfg, [rec]).fit()
     evaluated = {s for s, _ in rec.evaluations}
     assert all({"e_w", "e_w_per_pnr", "delta_w"} <= m.keys() for _, m in rec.distortions)
@@ -305,3 +307,32 @@ def test_tucker2_targets_convs_by_default_and_linear_only_when_named():
     assert "fc1.weight" in select_targets(model, TargetConfig(), make_distortion("prune", rate=0.5))
     named = select_targets(model, TargetConfig(include=["conv2.weight", "fc1.weight"]), tucker)
     assert list(named) == ["conv2.weight", "fc1.weight"]
+
+
+def test_e_w_counts_targets_a_distortion_leaves_untouched(tiny_config):
+    """A distortion may hand a tensor back as it was: it adds nothing to e_w but its weights
+    still count in the mean, as for any unchanged weight."""
+    from trainers.distortions.weight_decay import WeightDecay
+
+    class DecayFirstOnly(WeightDecay):
+        def apply(self, weights, ctx):
+            first = next(iter(weights))
+            return {n: (w * 0.5 if n == first else w) for n, w in weights.items()}
+
+    rec = Recorder()
+    t = Trainer(
+        tiny_config(compression={"method": "weight_decay", "params": {"theta": 0.5}}), [rec]
+    )
+    t.distortion = DecayFirstOnly(theta=0.5)
+    first, *_ = t.targets.values()
+    total = sum(p.numel() for p in t.targets.values())
+    seen = []
+
+    class Expect(Callback):
+        def on_distortion(self, trainer, step, metrics):
+            # the first target now holds w/2, so its |w - h(w)| sums to Σ|h(w)|
+            seen.append((first.detach().abs().sum().item() / total, metrics["e_w"]))
+
+    t.callbacks.append(Expect())
+    t.fit()
+    assert seen and all(got == pytest.approx(want, rel=1e-5) for want, got in seen)

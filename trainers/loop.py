@@ -355,23 +355,29 @@ class Trainer:
         if evaluate and self.data.val is not None:
             val_acc_pre = self.evaluate("val")[0]
         loss_pre = self._probe_loss() if measured else None
+        sums: list[torch.Tensor] = []  # per target: Σ|w − h(w)|, Σ(w − h(w))²
         with torch.no_grad():
-            before = self._target_weights()
-            after = self.distortion.apply(before, ctx)
-            abs_sum = torch.zeros((), device=self.device)
-            sq_sum = torch.zeros((), device=self.device)
+            after = self.distortion.apply(self._target_weights(), ctx)
             n = 0
             for name, p in self.targets.items():
-                diff = (before[name] - after[name]).view(-1)
-                sq_sum += torch.dot(diff, diff)
-                abs_sum += diff.abs_().sum()  # in place after the dot: one temporary, not three
-                n += diff.numel()
-                p.copy_(after[name])
-        numbers = [abs_sum / n, sq_sum / n, self._loss_sum]
+                new = after[name]
+                n += p.numel()
+                if new.data_ptr() == p.data_ptr():  # h left this tensor as it was
+                    continue
+                # The difference is formed in the parameter itself, which h(w) overwrites next:
+                # no temporary, and three passes over the weights besides the copy.
+                diff = p.data.sub_(new).view(-1)
+                sums += [torch.linalg.vector_norm(diff, 1), torch.dot(diff, diff)]
+                p.copy_(new)
+            n = max(n, 1)
+        numbers = [self._loss_sum, *sums]
         if loss_pre is not None:
             numbers += [loss_pre, self._probe_loss()]
         # One device sync for all the numbers and the divergence check.
-        e_w, delta_w, train_loss, *losses = torch.stack(numbers).tolist()
+        train_loss, *values = torch.stack(numbers).tolist()
+        losses = values[len(sums) :]
+        e_w = math.fsum(values[0 : len(sums) : 2]) / n
+        delta_w = math.fsum(values[1 : len(sums) : 2]) / n
         lpre, lpost = losses if losses else (0.0, 0.0)
         self._check_event(train_loss, lpre, e_w, delta_w, lpost)
         metrics = {"e_w": e_w, "e_w_per_pnr": e_w / self.pnr, "delta_w": delta_w}
