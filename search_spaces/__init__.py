@@ -118,20 +118,31 @@ class DefineByRun:
     """A picklable function for ``OptunaSearch(space=...)`` (Tune saves its searcher with
     pickle): runs space ``name`` with ``overrides`` applied and returns the fixed knobs."""
 
-    def __init__(self, name: str, overrides: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        overrides: Mapping[str, Any] | None = None,
+        seeds: list[int] | None = None,
+    ) -> None:
         get_space(name)  # fail now on an unknown name
         self.name = name
         self.overrides = dict(overrides or {})
+        self.seeds = seeds
 
     def __call__(self, trial: Any) -> dict[str, Any]:
         narrowed = NarrowedTrial(trial, self.overrides)
         get_space(self.name)(narrowed)
+        if self.seeds:  # replicates: the training seed as one more grid axis
+            trial.suggest_categorical("seed", self.seeds)
         return dict(narrowed.fixed)
 
 
-def define_by_run(name: str, overrides: Mapping[str, Any] | None = None) -> DefineByRun:
-    """The define-by-run function of space ``name`` narrowed by ``overrides``."""
-    return DefineByRun(name, overrides)
+def define_by_run(
+    name: str, overrides: Mapping[str, Any] | None = None, seeds: list[int] | None = None
+) -> DefineByRun:
+    """The define-by-run function of space ``name`` narrowed by ``overrides``; with ``seeds``,
+    each trial also draws its training seed from them (a grid's replicates)."""
+    return DefineByRun(name, overrides, seeds)
 
 
 class _Recorder:

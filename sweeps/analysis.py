@@ -1,11 +1,12 @@
 """e_opt, the regularization error of every trial and the suggested pNR per strength, from plain
 trial records.
 
-The papers' rule: validation accuracy is best when the weight change per mini-batch,
-``e_w / pNR``, sits at an optimum ``e_opt`` that hardly depends on the compression strength
-(on Fashion-MNIST with LeNet-300-100 and occasional weight decay, accuracy at equal e_w/pNR
-agrees within 0.7 pp for θ spanning two decades). Selection uses validation accuracy, never
-test accuracy, which is carried along for information only.
+The papers' rule: a model generalizes best when the weight change per mini-batch,
+``e_w / pNR``, sits at an optimum ``e_opt`` that hardly depends on the compression strength.
+"Best" is measured by one validation metric from the catalogue (``metric``: validation
+accuracy by default, or validation loss, which still resolves an optimum where accuracy sits
+on a plateau within its noise), in that metric's direction; test metrics are carried along for
+information only and never select.
 
 0. Trials that did not finish cleanly are left out, each listed with its reason: failed,
    diverged (with the trainer's reason), stopped early by the scheduler, killed, still
@@ -17,7 +18,7 @@ test accuracy, which is carried along for information only.
    Continuous strengths are binned (``bins`` equal bins over the observed range, in log space
    when it spans more than a decade; a knob with no more distinct values than bins, such as
    a grid, keeps its values).
-2. In each group, validation accuracy is a curve over ``x = log10(e_w/pNR)``; configurations
+2. In each group, the validation metric is a curve over ``x = log10(e_w/pNR)``; configurations
    that differ only in seed are averaged into one point. The group's optimum is located on
    that curve (:func:`sweeps.eopt.locate_optimum`: a quadratic around the best point). A group
    counts only when it has at least 3 distinct pNR and its best point is not at the smallest
@@ -30,8 +31,9 @@ test accuracy, which is carried along for information only.
    and what to run next.
 4. A trial's regularization error is ``log10(mean_e_w_per_pnr) − log10(e_opt)``, signed:
    negative below e_opt (too little change per step), positive above.
-5. Per strength, ``log e_w`` is fitted against ``log pNR`` over its trials and
-   ``e_w(pNR) / pNR = e_opt`` solved for pNR (:func:`sweeps.eopt.suggest_pnr`), clamped to
+5. Per strength, ``log e_w`` is fitted against ``log pNR`` over its trials, locally around
+   where e_w/pNR crosses e_opt, and ``e_w(pNR) / pNR = e_opt`` solved for pNR
+   (:func:`sweeps.eopt.suggest_pnr`), clamped to
    ≥ 1 and marked when it extrapolates beyond the tried pNR; a strength tried at one pNR only
    is an extrapolation that assumes e_w independent of pNR. Useful pNR typically lie between
    10 and 5000.
@@ -45,12 +47,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sweeps.eopt import Centre, Optimum, Suggestion, centre_and_range, locate_optimum, suggest_pnr
+from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, get_metric, validation_metrics
 
 # Knobs that set how often / how fast, not how hard: never part of the strength.
 NOT_STRENGTH = {"pnr", "lr", "momentum", "weight_decay", "batch_size", "epochs"}
 MIN_DISTINCT_PNR = 3
-# Metrics a trial needs to be placed on the curve (validation accuracy, never test accuracy).
-REQUIRED = ("val_accuracy", "mean_e_w", "mean_e_w_per_pnr")
+# Metrics a trial needs to be placed on the curve, besides the analysis metric.
+REQUIRED = ("mean_e_w", "mean_e_w_per_pnr")
 
 
 @dataclass
@@ -62,6 +65,8 @@ class Trial:
         outcome: the run's ``compsweep.status`` tag (finished, failed, diverged, stopped,
             killed) when it has one; ``outcome_reason`` its ``compsweep.status_reason``.
         folded: ids of identical trials (same knobs and seed) folded into this one.
+        metrics: the run's other final metrics (e.g. val_loss), by name.
+        metric: the metric the analysis places on the curve (set by :func:`analyze`).
     """
 
     trial_id: str
@@ -79,6 +84,20 @@ class Trial:
     seed: int | None = None
     steps: float | None = None  # optimizer steps trained
     folded: list[str] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)
+    metric: str = DEFAULT_OBJECTIVE
+
+    @property
+    def value(self) -> float | None:
+        """The trial's value of the analysis metric."""
+        if self.metric in self.metrics:
+            return self.metrics[self.metric]
+        return getattr(self, self.metric, None)
+
+    @property
+    def score(self) -> float:
+        """The value oriented so that larger is better (the metric's catalogue direction)."""
+        return self.value if get_metric(self.metric).direction == "max" else -self.value
 
     @property
     def pnr(self) -> float | None:
@@ -110,10 +129,11 @@ class Trial:
             return f"run status {self.status}"
         if self.outcome not in (None, "finished"):
             return f"{self.outcome}: {why}" if why else str(self.outcome)
-        missing = [m for m in REQUIRED if getattr(self, m) is None]
+        values = {self.metric: self.value, **{m: getattr(self, m) for m in REQUIRED}}
+        missing = [m for m, v in values.items() if v is None]
         if missing:
             return f"missing metric(s): {', '.join(missing)}"
-        bad = [m for m in REQUIRED if not math.isfinite(getattr(self, m))]
+        bad = [m for m, v in values.items() if not math.isfinite(v)]
         if bad:
             return f"non-finite metric(s): {', '.join(bad)}"
         if self.mean_e_w_per_pnr <= 0 or self.mean_e_w <= 0:
@@ -158,7 +178,9 @@ def fold_identical(trials: Iterable[Trial]) -> list[Trial]:
         ):
             vals = [getattr(t, m) for t in same]
             avg[m] = None if any(v is None for v in vals) else sum(vals) / len(vals)
-        out.append(replace(same[0], folded=[t.trial_id for t in same[1:]], **avg))
+        shared = set.intersection(*(set(t.metrics) for t in same))
+        metrics = {m: sum(t.metrics[m] for t in same) / len(same) for m in shared}
+        out.append(replace(same[0], folded=[t.trial_id for t in same[1:]], metrics=metrics, **avg))
     return out
 
 
@@ -227,8 +249,19 @@ class Point:
         return sum(t.x for t in self.trials) / len(self.trials)
 
     @property
-    def val_accuracy(self) -> float:
-        return sum(t.val_accuracy for t in self.trials) / len(self.trials)
+    def value(self) -> float:
+        """The analysis metric, averaged over the seeds."""
+        return sum(t.value for t in self.trials) / len(self.trials)
+
+    @property
+    def score(self) -> float:
+        """:attr:`value` oriented so that larger is better."""
+        return sum(t.score for t in self.trials) / len(self.trials)
+
+    @property
+    def val_accuracy(self) -> float | None:
+        vals = [t.val_accuracy for t in self.trials]
+        return None if any(v is None for v in vals) else sum(vals) / len(vals)
 
     @property
     def test_accuracy(self) -> float | None:
@@ -244,7 +277,7 @@ def curve_points(trials: Iterable[Trial]) -> list[Point]:
 
 
 def _curve_xy(trials: list[Trial]) -> list[tuple[float, float]]:
-    return [(p.x, p.val_accuracy) for p in curve_points(trials)]
+    return [(p.x, p.score) for p in curve_points(trials)]
 
 
 USED, EDGE, TOO_FEW = "used", "edge", "too few pNR"
@@ -297,13 +330,13 @@ def _nice(v: float) -> float:
 def assess_group(g: Group) -> GroupResult:
     """Locate a group's optimum and decide whether it may count for e_opt."""
     points = curve_points(g.trials)
-    top = max(p.val_accuracy for p in points)
-    tied = [p for p in points if p.val_accuracy == top]
+    top = max(p.score for p in points)
+    tied = [p for p in points if p.score == top]
     pnrs = sorted({p.pnr for p in points})
     # Among equally good points, one at an edge makes the optimum an edge optimum: a plateau
     # that reaches the edge may go on beyond it.
     best = next((p for p in tied if p.pnr in (pnrs[0], pnrs[-1])), tied[0])
-    optimum = locate_optimum([(p.x, p.val_accuracy) for p in points])
+    optimum = locate_optimum([(p.x, p.score) for p in points])
     shown = ", ".join(f"{p:g}" for p in pnrs)
     if len(pnrs) < MIN_DISTINCT_PNR:
         r = _geometric_step(pnrs, at_top=True)
@@ -347,6 +380,7 @@ class Analysis:
         groups: every strength group with its status and suggested pNR.
         centre: e_opt in log space with its range; None when the sweep cannot support one.
         reg_error: trial id -> log10(mean_e_w_per_pnr) - log10(e_opt) (empty without e_opt).
+        metric: the validation metric the optima are located on.
     """
 
     trials: list[Trial]
@@ -356,6 +390,7 @@ class Analysis:
     groups: list[GroupResult]
     centre: Centre | None
     reg_error: dict[str, float]
+    metric: str = DEFAULT_OBJECTIVE
 
     @property
     def e_opt(self) -> float | None:
@@ -380,10 +415,11 @@ class Analysis:
         if not self.groups:
             why = f"no usable trial among {len(self.trials)}"
             return [f"This sweep cannot support an e_opt: {why}.",
-                    "Run next: a sweep whose trials finish with val_accuracy and mean_e_w_per_pnr."]  # fmt: skip
+                    f"Run next: a sweep whose trials finish with {self.metric} and "
+                    "mean_e_w_per_pnr."]  # fmt: skip
         lines = [
-            "This sweep cannot support an e_opt: no strength group has its best validation "
-            f"accuracy at an interior pNR with at least {MIN_DISTINCT_PNR} distinct pNR tried.",
+            f"This sweep cannot support an e_opt: no strength group has its best {self.metric} "
+            f"at an interior pNR with at least {MIN_DISTINCT_PNR} distinct pNR tried.",
             "Run next (e.g. space.overrides.pnr: {choices: [...]} with search: {sampler: grid}):",
         ]
         for g in self.groups:
@@ -392,11 +428,22 @@ class Analysis:
         return lines
 
 
-def analyze(trials: Iterable[Trial], bins: int = 5) -> Analysis:
+def analyze(trials: Iterable[Trial], bins: int = 5, metric: str = DEFAULT_OBJECTIVE) -> Analysis:
     """e_opt with its range, every trial's regularization error and the suggested pNR per
-    strength (see the module doc). Never raises on unusable data: an analysis without usable
-    groups has ``centre`` None and says why in :meth:`Analysis.cannot_support`."""
-    trials = list(trials)
+    strength (see the module doc), with the optima located on ``metric`` in its catalogue
+    direction. Never raises on unusable data: an analysis without usable groups has ``centre``
+    None and says why in :meth:`Analysis.cannot_support`.
+
+    Raises:
+        ValueError: ``metric`` cannot select (unknown, no direction, or of the test split).
+    """
+    if metric not in validation_metrics():
+        raise ValueError(
+            check_selectable(metric)
+            or f"{metric!r} is no validation metric; locate optima on one of: "
+            f"{', '.join(validation_metrics())}"
+        )
+    trials = [replace(t, metric=metric) for t in trials]
     skipped = [(t, t.skip_reason) for t in trials if not t.usable]
     kept = [t for t in trials if t.usable]
     used = fold_identical(kept)
@@ -410,7 +457,7 @@ def analyze(trials: Iterable[Trial], bins: int = 5) -> Analysis:
         for g in groups:
             ts = g.group.trials
             g.suggestion = suggest_pnr([t.pnr for t in ts], [t.mean_e_w for t in ts], e_opt)
-    return Analysis(trials, used, skipped, len(kept) - len(used), groups, centre, reg_error)
+    return Analysis(trials, used, skipped, len(kept) - len(used), groups, centre, reg_error, metric)
 
 
 def pareto_front(trials: Iterable[Trial]) -> list[Trial]:

@@ -1,12 +1,14 @@
-"""The e_opt analysis as figures (matplotlib, Agg backend), one colour per strength group:
+"""The e_opt analysis as figures (matplotlib, Agg backend), one colour per strength group.
+``M`` is the analysis metric without its ``val_`` prefix (``accuracy`` for val_accuracy,
+``loss`` for val_loss):
 
-* ``accuracy_vs_e_w_per_pnr.png`` — validation accuracy against e_w/pNR on a log axis with
+* ``M_vs_e_w_per_pnr.png`` — the validation metric against e_w/pNR on a log axis with
   e_opt as a line and its range as a band: the papers' central figure. Groups that do not
   count for e_opt (optimum at an edge, too few pNR) are drawn hollow.
-* ``accuracy_vs_regularization_error.png`` — validation accuracy against (e_w/pNR) / e_opt
-  on a log axis centred on 1, so both sides of the optimum show (only with an e_opt).
-* ``accuracy_over_pnr.png`` — validation accuracy over pNR per strength, each strength's
-  suggested pNR in the legend and marked on its curve.
+* ``M_vs_regularization_error.png`` — the metric against (e_w/pNR) / e_opt on a log axis
+  centred on 1, so both sides of the optimum show (only with an e_opt).
+* ``M_over_pnr.png`` — the metric over pNR per strength, each strength's suggested pNR in the
+  legend and marked on its curve.
 * ``pareto_front.png`` — validation accuracy against compression ratio, only when some trial
   compresses (ratio > 1).
 """
@@ -22,6 +24,29 @@ import numpy as np
 from sweeps.analysis import USED, Analysis, GroupResult, pareto_front
 
 ACC_LABEL = "validation accuracy after the last distortion"
+# Axis labels and title words per analysis metric.
+Y_LABELS = {
+    "val_accuracy": ACC_LABEL,
+    "val_loss": "validation loss after the last distortion",
+    "val_acc_pre": "validation accuracy before the last distortion",
+}
+TITLES = {
+    "val_accuracy": "Validation accuracy",
+    "val_loss": "Validation loss",
+    "val_acc_pre": "Validation accuracy (before distortion)",
+}
+
+
+def _y_label(a: Analysis) -> str:
+    return Y_LABELS.get(a.metric, a.metric)
+
+
+def _title(a: Analysis) -> str:
+    return TITLES.get(a.metric, a.metric)
+
+
+def _stem(a: Analysis) -> str:
+    return a.metric.removeprefix("val_")
 
 
 def _pyplot() -> Any:
@@ -68,23 +93,24 @@ def plot_all(a: Analysis, out: Path) -> list[Path]:
     plt = _pyplot()
     colours = _colours(plt, len(a.groups))
     methods = len({g.group.strength[0][1] for g in a.groups})
-    paths = [_accuracy_vs_e(plt, a, colours, methods, out / "accuracy_vs_e_w_per_pnr.png")]
+    stem = _stem(a)
+    paths = [_metric_vs_e(plt, a, colours, methods, out / f"{stem}_vs_e_w_per_pnr.png")]
     if a.centre is not None:
         paths.append(
             _regularization_error(
-                plt, a, colours, methods, out / "accuracy_vs_regularization_error.png"
+                plt, a, colours, methods, out / f"{stem}_vs_regularization_error.png"
             )
         )
-    paths.append(_accuracy_over_pnr(plt, a, colours, methods, out / "accuracy_over_pnr.png"))
+    paths.append(_metric_over_pnr(plt, a, colours, methods, out / f"{stem}_over_pnr.png"))
     if any((t.compression_ratio or 1.0) > 1.0 for t in a.used):
         paths.append(_pareto(plt, a, out / "pareto_front.png"))
     return paths
 
 
-def _accuracy_vs_e(plt: Any, a: Analysis, colours: list, methods: int, path: Path) -> Path:
+def _metric_vs_e(plt: Any, a: Analysis, colours: list, methods: int, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.2))
     for g, c in zip(a.groups, colours, strict=True):
-        pts = sorted((10**p.x, p.val_accuracy) for p in g.points)
+        pts = sorted((10**p.x, p.value) for p in g.points)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", linewidth=1, alpha=0.9,
                 label=_label(g, methods) + _status_note(g), **_style(g, c))  # fmt: skip
     if a.centre is not None:
@@ -97,8 +123,8 @@ def _accuracy_vs_e(plt: Any, a: Analysis, colours: list, methods: int, path: Pat
         sub = "no e_opt: no group has an interior optimum (see the report)"
     ax.set_xscale("log")
     ax.set_xlabel("e_w / pNR: mean |Δw| per mini-batch (log scale)")
-    ax.set_ylabel(ACC_LABEL)
-    ax.set_title(f"Validation accuracy vs weight change per step\n{sub}", fontsize=11)
+    ax.set_ylabel(_y_label(a))
+    ax.set_title(f"{_title(a)} vs weight change per step\n{sub}", fontsize=11)
     ax.grid(alpha=0.3, which="both")
     if a.groups:
         ax.legend(fontsize=8, loc="best")
@@ -109,7 +135,7 @@ def _regularization_error(plt: Any, a: Analysis, colours: list, methods: int, pa
     fig, ax = plt.subplots(figsize=(8, 5.2))
     reach = 0.5
     for g, c in zip(a.groups, colours, strict=True):
-        pts = sorted((10 ** (p.x - a.centre.x), p.val_accuracy) for p in g.points)
+        pts = sorted((10 ** (p.x - a.centre.x), p.value) for p in g.points)
         reach = max(reach, *(abs(math.log10(r)) for r, _ in pts))
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", linewidth=1, alpha=0.9,
                 label=_label(g, methods) + _status_note(g), **_style(g, c))  # fmt: skip
@@ -119,20 +145,20 @@ def _regularization_error(plt: Any, a: Analysis, colours: list, methods: int, pa
     ax.set_xscale("log")
     ax.set_xlim(10 ** (-1.1 * reach), 10 ** (1.1 * reach))  # centred: both sides show
     ax.set_xlabel("(e_w/pNR) / e_opt  (log scale; < 1: too little change per step, > 1: too much)")
-    ax.set_ylabel(ACC_LABEL)
-    ax.set_title(f"Validation accuracy vs regularization error (e_opt = {a.e_opt:.3g})",
+    ax.set_ylabel(_y_label(a))
+    ax.set_title(f"{_title(a)} vs regularization error (e_opt = {a.e_opt:.3g})",
                  fontsize=11)  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8, loc="best")
     return _save(plt, fig, path)
 
 
-def _accuracy_over_pnr(plt: Any, a: Analysis, colours: list, methods: int, path: Path) -> Path:
+def _metric_over_pnr(plt: Any, a: Analysis, colours: list, methods: int, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(8, 5.2))
     for g, c in zip(a.groups, colours, strict=True):
         by_pnr: dict[float, list[float]] = {}
         for p in g.points:
-            by_pnr.setdefault(p.pnr, []).append(p.val_accuracy)
+            by_pnr.setdefault(p.pnr, []).append(p.value)
         xs = sorted(by_pnr)
         ys = [float(np.mean(by_pnr[x])) for x in xs]
         s = g.suggestion
@@ -148,10 +174,10 @@ def _accuracy_over_pnr(plt: Any, a: Analysis, colours: list, methods: int, path:
                     markeredgewidth=0.6, linestyle="none")  # fmt: skip
     ax.set_xscale("log")
     ax.set_xlabel("pNR: optimizer steps between distortions (log scale)")
-    ax.set_ylabel(ACC_LABEL)
+    ax.set_ylabel(_y_label(a))
     sub = ("★ suggested pNR (e_w(pNR)/pNR = e_opt; hollow: extrapolated)" if a.centre is not None
            else "no e_opt, so no suggested pNR")  # fmt: skip
-    ax.set_title(f"Validation accuracy over pNR per strength\n{sub}", fontsize=11)
+    ax.set_title(f"{_title(a)} over pNR per strength\n{sub}", fontsize=11)
     ax.grid(alpha=0.3, which="both")
     if a.groups:
         ax.legend(fontsize=8, loc="best")

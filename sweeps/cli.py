@@ -15,6 +15,7 @@ from typing import Any
 
 from sweeps.outcomes import EXIT_BAD_INPUT, EXIT_BUSY
 from trainers import yamlio
+from trainers.metrics import validation_metrics
 from trainers.validation import ConfigError, Problem, shown
 
 
@@ -219,7 +220,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         return 2
     try:
         ref = resolve_sweep(args.sweep, args.tracking_uri)
-        a, files = run_analysis(ref, bins=args.bins, out_dir=args.output)
+        a, files = run_analysis(ref, bins=args.bins, out_dir=args.output, metric=args.metric)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -254,6 +255,8 @@ def cmd_best(args: argparse.Namespace) -> int:
     for i, c in enumerate(best.configs):
         m = c["provenance"]["metrics"]
         shown = format_metrics(m, [metric, "val_accuracy", "test_accuracy"])
+        seeds = c["provenance"].get("seeds")
+        shown = f"mean of {len(seeds)} seeds {shown}" if seeds else shown
         print(f"[{i}] trial {c['provenance']['trial_id']}: {shown}, "
               f"compression {m.get('compression_ratio', float('nan')):.2f}x (run {c['provenance']['run_id']})")  # fmt: skip
     print(
@@ -502,7 +505,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="estimate e_opt with its range, suggested pNR per strength, with plots",
         description="Read a sweep's trials from MLflow (works while it runs; failed, diverged, "
         "stopped and unfinished trials are listed and left out, identical configurations folded), "
-        "group them by compression strength, locate each group's optimum of validation accuracy "
+        "group them by compression strength, locate each group's optimum of a validation metric "
         "over log(e_w/pNR), and estimate e_opt with its range from the groups whose optimum is "
         "interior (or say what to run next); suggest a pNR per strength. Logs e_opt, e_opt_low, "
         "e_opt_high, e_opt_groups, the report, tables and plots to the sweep's parent run.",
@@ -511,6 +514,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", help="default: the sweep's, or ./mlflow.db for a sweep id")
     p.add_argument(
         "--bins", type=int, default=5, help="bins per continuous strength knob (default 5)"
+    )
+    p.add_argument(
+        "--metric",
+        help=f"validation metric to locate the optima on ({', '.join(validation_metrics())}; "
+        "default: the sweep's first objective when it is one of them, else val_accuracy)",
     )
     p.add_argument("--output", help="also write the report, tables and plots to this folder")
     p.set_defaults(func=cmd_analyze)

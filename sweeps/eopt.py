@@ -17,9 +17,10 @@ locating and averaging happens in log space) and ``y`` = validation accuracy.
   with replacement, its optimum located again) and the spread across groups of where each
   group's optimum lies, by the fit and by its best trial (two estimates of the same place; on
   a noisy curve they differ, and the range must hold both).
-* :func:`suggest_pnr` — fit ``log e_w = a + k·log pNR`` over a group's trials (for weight
-  decay e_w grows with pNR: the weights drift further between events), solve
-  ``e_w(pNR) / pNR = e_opt``, clamp to ≥ 1, and say when it extrapolates.
+* :func:`suggest_pnr` — fit ``log e_w`` against ``log pNR`` locally, between the two tried
+  pNR whose e_w/pNR bracket e_opt (for weight decay e_w grows with pNR while the weights drift
+  further between events, then saturates), solve ``e_w(pNR) / pNR = e_opt``, clamp to ≥ 1,
+  and say when it extrapolates.
 """
 
 from __future__ import annotations
@@ -147,7 +148,17 @@ class Suggestion:
 
 
 def suggest_pnr(pnrs: Sequence[float], e_ws: Sequence[float], e_opt: float) -> Suggestion:
-    """Solve ``e_w(pNR) / pNR = e_opt`` with ``e_w(pNR) = c·pNR^k`` fitted over the trials.
+    """Solve ``e_w(pNR) / pNR = e_opt`` on the group's own e_w(pNR), fitted locally.
+
+    ``log e_w`` against ``log pNR`` is rarely one straight line over decades of pNR: for weight
+    decay e_w grows with pNR while the weights have room to drift and saturates once they
+    settle, and a strength that kills the weights at small pNR (e_w collapses towards zero)
+    would bend a single global fit far off. So the fit is local: replicates are averaged per
+    pNR; a pNR whose e_w/pNR lies below that of some larger pNR is left out (the weights
+    collapsed there: that branch does not reach e_opt); between the two tried pNR whose
+    e_w/pNR bracket e_opt, ``log e_w`` is the straight line through them (a power law
+    ``c·pNR^k`` is recovered exactly); beyond the tried range, the line through the two
+    outermost pNR on that side is extended, and the suggestion is marked as extrapolated.
 
     Args:
         pnrs: each trial's pNR.
@@ -158,29 +169,63 @@ def suggest_pnr(pnrs: Sequence[float], e_ws: Sequence[float], e_opt: float) -> S
         raise ValueError("suggest_pnr needs one e_w per pNR, and at least one")
     if not e_opt > 0:
         raise ValueError(f"e_opt must be > 0, got {e_opt}")
-    lp = np.log10(np.asarray(pnrs, dtype=float))
-    le = np.log10(np.asarray(e_ws, dtype=float))
-    lo, hi = float(lp.min()), float(lp.max())
-    if len(set(lp.tolist())) < 2:
-        k, a = None, float(le.mean())
-        note = "one pNR tried: e_w assumed independent of pNR"
+    by_pnr: dict[float, list[float]] = {}
+    for p, e in zip(pnrs, e_ws, strict=True):
+        by_pnr.setdefault(math.log10(p), []).append(math.log10(e))
+    lp = sorted(by_pnr)
+    le = [float(np.mean(by_pnr[x])) for x in lp]
+    target = math.log10(e_opt)
+    if len(lp) == 1:
+        return _solved(lp[0], le[0], None, target, True, "one pNR tried: e_w assumed "
+                       "independent of pNR")  # fmt: skip
+    # The branch that reaches e_opt: e_w/pNR falls as pNR grows. Walk down from the largest
+    # pNR and drop a pNR whose e_w/pNR is below a larger pNR's.
+    keep, dropped, top = [], [], -math.inf
+    for i in reversed(range(len(lp))):
+        y = le[i] - lp[i]
+        if y >= top:
+            keep.append(i)
+            top = y
+        else:
+            dropped.append(10 ** lp[i])
+    keep.reverse()
+    note = ""
+    if dropped:
+        note = (f"left out pNR {', '.join(f'{p:g}' for p in sorted(dropped))}: e_w/pNR there is "
+                "below a larger pNR's (the weights collapsed)")  # fmt: skip
+    xs, ys = [lp[i] for i in keep], [le[i] for i in keep]
+    if len(xs) == 1:
+        return _solved(xs[0], ys[0], None, target, True,
+                       _join(note, "one usable pNR: e_w assumed independent of pNR"))  # fmt: skip
+    per_step = [y - x for x, y in zip(xs, ys, strict=True)]  # log10 e_w/pNR, falling
+    if target > per_step[0]:
+        j, outside = 0, True  # needs a smaller pNR than any tried
+    elif target < per_step[-1]:
+        j, outside = len(xs) - 2, True  # needs a larger pNR than any tried
     else:
-        slope, a = np.polyfit(lp, le, 1)
-        k, a, note = float(slope), float(a), ""
+        j = next(i for i in range(len(xs) - 1) if per_step[i] >= target >= per_step[i + 1])
+        outside = False
+    k = (ys[j + 1] - ys[j]) / (xs[j + 1] - xs[j])
+    if outside:
+        note = _join(note, f"outside the tried pNR {10 ** lp[0]:.4g}–{10 ** lp[-1]:.4g}")
+    return _solved(xs[j], ys[j], k, target, outside, note)
+
+
+def _solved(
+    x0: float, y0: float, k: float | None, target: float, extrapolated: bool, note: str
+) -> Suggestion:
+    """The pNR where ``log e_w = y0 + k·(log pNR − x0)`` gives ``log(e_w/pNR) = target``."""
     if k is not None and k >= 1 - 1e-6:
-        return Suggestion(None, False, k, f"e_w grows as fast as pNR or faster (k = {k:.2f}): "
-                          "no pNR brings e_w/pNR to e_opt")  # fmt: skip
-    logp = (a - math.log10(e_opt)) / (1 - (k or 0.0))
+        return Suggestion(None, False, k, _join(note, f"e_w grows as fast as pNR or faster "
+                          f"there (k = {k:.2f}): no pNR brings e_w/pNR to e_opt"))  # fmt: skip
+    slope = k or 0.0
+    logp = (y0 - slope * x0 - target) / (1 - slope)
     pnr = 10**logp
     if pnr < 1:
         note = _join(note, f"clamped to 1 (the fit gives {pnr:.2g}): even pNR = 1 changes the "
                      "weights less than e_opt per step; use a stronger setting")  # fmt: skip
-        pnr = 1.0
-    tol = 1e-9
-    outside = logp < lo - tol or logp > hi + tol
-    if k is not None and outside:
-        note = _join(note, f"outside the tried pNR {10**lo:.4g}–{10**hi:.4g}")
-    return Suggestion(float(pnr), k is None or outside, k, note)
+        pnr, extrapolated = 1.0, True
+    return Suggestion(float(pnr), extrapolated, k, note)
 
 
 def _join(a: str, b: str) -> str:

@@ -28,7 +28,7 @@ from sweeps.tracking import (
     mlflow_client,
 )
 from trainers import yamlio
-from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key
+from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key, validation_metrics
 from trainers.yamlio import parse_scalar
 
 
@@ -101,6 +101,10 @@ def knob_value(text: str) -> Any:
     return text
 
 
+# Validation metrics ``analyze`` can locate optima on (loaded into each trial's ``metrics``).
+ANALYZABLE = frozenset(validation_metrics())
+
+
 def _float(metrics: dict[str, float], key: str) -> float | None:
     v = metrics.get(key)
     return float(v) if v is not None else None
@@ -117,6 +121,7 @@ def load_trials(ref: SweepRef) -> list[Trial]:
         }
         if "pnr" not in knobs and "compression.pnr" in p:  # pNR fixed in the base config
             knobs["pnr"] = knob_value(p["compression.pnr"])
+        knobs.pop("seed", None)  # a grid's replicate axis: the run's seed, not a knob
         seed = knob_value(p["run.seed"]) if "run.seed" in p else None
         out.append(Trial(
             trial_id=tags.get(TRIAL_ID_TAG, run.info.run_id),
@@ -133,23 +138,33 @@ def load_trials(ref: SweepRef) -> list[Trial]:
             outcome_reason=tags.get(STATUS_REASON_TAG),
             seed=seed if isinstance(seed, int) else None,
             steps=_float(m, "steps"),
+            metrics={k: float(v) for k, v in m.items() if k in ANALYZABLE},
         ))  # fmt: skip
     return out
 
 
+def analysis_metric(ref: SweepRef, metric: str | None = None) -> str:
+    """The metric ``analyze`` locates optima on: ``metric`` if given, else the sweep's first
+    objective when it is a validation metric, else validation accuracy."""
+    if metric is not None:
+        return metric
+    first = ref.objective[0] if ref.objective else None
+    return first if first in ANALYZABLE else DEFAULT_OBJECTIVE
+
+
 def run_analysis(
-    ref: SweepRef, bins: int = 5, out_dir: str | None = None
+    ref: SweepRef, bins: int = 5, out_dir: str | None = None, metric: str | None = None
 ) -> tuple[Analysis, list[Path]]:
     """Analyze the sweep; log e_opt (when supported), its range and group count, the tables,
     the report and the plots to its parent run (``analysis/``); ``out_dir`` keeps a copy.
 
     Metrics are logged at step = the number of trials analyzed, so analyses of a running
-    sweep form a history.
+    sweep form a history. ``metric``: see :func:`analysis_metric`.
     """
     from sweeps.analysis_plots import plot_all
     from sweeps.analysis_report import report_lines, write_tables
 
-    a = analyze(load_trials(ref), bins=bins)
+    a = analyze(load_trials(ref), bins=bins, metric=analysis_metric(ref, metric))
     keep = out_dir is not None
     out = Path(out_dir) if keep else Path(tempfile.mkdtemp(prefix="compsweep-analysis-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -205,31 +220,66 @@ def best_configs(
         raise ValueError(
             f"sweep {ref.sweep_id} has no finished trial with a finite {metric!r} yet{why}"
         )
+    configs = _same_configuration(ranked)
     if pareto:
         by_run = {t.run_id: t for t in load_trials(ref)}
         chosen_ids = [t.run_id for t in pareto_front(by_run.values())]
-        chosen = [r for rid in chosen_ids for r in ranked if r.info.run_id == rid]
+        chosen = [[r] for rid in chosen_ids for r in ranked if r.info.run_id == rid]
     else:
-        chosen = sorted(ranked, key=lambda r: rank_key(metric, r.data.metrics[metric]))[:top]
+        # A configuration run with several seeds ranks by its mean: the luckiest seed of a
+        # noisy replicate would flatter it.
+        chosen = sorted(configs, key=lambda rs: rank_key(metric, _mean(rs, metric)))[:top]
     keep = ("val_accuracy", "test_accuracy", "compression_ratio", "params", "macs",
             "mean_e_w_per_pnr", metric)  # fmt: skip
     out = []
-    for r in chosen:
+    for rs in chosen:
+        r = rs[0]  # the configuration's first seed stands for it
         config = _artifact_yaml(client, r.info.run_id, "config.yaml")
         if config is None:
             raise FileNotFoundError(f"trial run {r.info.run_id} has no config.yaml artifact")
-        out.append({
-            "provenance": {
-                "sweep_id": ref.sweep_id,
-                "trial_id": r.data.tags.get("compsweep.trial_id"),
-                "run_id": r.info.run_id,
-                "experiment_id": ref.experiment_id,
-                "tracking_uri": ref.tracking_uri,
-                "metrics": {k: r.data.metrics[k] for k in dict.fromkeys(keep) if k in r.data.metrics},
-            },
-            "config": config,
-        })  # fmt: skip
+        metrics = {k: _mean(rs, k) for k in dict.fromkeys(keep)
+                   if all(k in x.data.metrics for x in rs)}  # fmt: skip
+        provenance = {
+            "sweep_id": ref.sweep_id,
+            "trial_id": r.data.tags.get("compsweep.trial_id"),
+            "run_id": r.info.run_id,
+            "experiment_id": ref.experiment_id,
+            "tracking_uri": ref.tracking_uri,
+            "metrics": metrics,
+        }
+        if len(rs) > 1:
+            provenance["seeds"] = {
+                x.data.params.get("run.seed", "?"): {
+                    "run_id": x.info.run_id,
+                    metric: x.data.metrics[metric],
+                }
+                for x in rs
+            }
+        out.append({"provenance": provenance, "config": config})
     return BestConfigs(out, diverged, len(runs) - len(diverged) - len(ranked))
+
+
+def _mean(runs: list[Any], metric: str) -> float:
+    return sum(r.data.metrics[metric] for r in runs) / len(runs)
+
+
+def _same_configuration(runs: list[Any]) -> list[list[Any]]:
+    """Runs grouped by configuration (every knob but the seed), lowest seed first."""
+    groups: dict[tuple, list[Any]] = {}
+    for r in runs:
+        knobs = tuple(sorted((k, v) for k, v in r.data.params.items()
+                             if k.startswith("knob.") and k != "knob.seed"))  # fmt: skip
+        # Without knob params (e.g. an old run) a run is its own configuration.
+        groups.setdefault(knobs or (r.info.run_id,), []).append(r)
+    return [
+        sorted(rs, key=lambda r: _seed_order(r.data.params.get("run.seed")))
+        for rs in groups.values()
+    ]
+
+
+def _seed_order(seed: str | None) -> tuple[int, str]:
+    value = knob_value(seed) if seed is not None else None
+    return (value, "") if isinstance(value, int) else (1 << 62, str(seed))
 
 
 def write_best(configs: list[dict[str, Any]], path: str, selected_by: str) -> None:

@@ -261,7 +261,7 @@ def _searcher(spec: SweepSpec, record: SweepRecord) -> Any:
 
     metrics, modes = _objective(spec)
     searcher = SweepOptunaSearch(
-        space=define_by_run(spec.space.name, spec.space.overrides),
+        space=define_by_run(spec.space.name, spec.space.overrides, spec.replicate_seeds()),
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
         sampler=SAMPLERS[spec.search.sampler](spec),

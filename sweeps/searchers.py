@@ -33,6 +33,9 @@ def _grid(spec: Any) -> Any:
     from sweeps.grid_sampler import AskTellGridSampler
 
     grid, _ = grid_space(spec.space.name, spec.space.overrides)
+    seeds = spec.replicate_seeds()
+    if seeds:  # the replicate axis: the space suggests it last (search_spaces.DefineByRun)
+        grid["seed"] = seeds
     return AskTellGridSampler(grid, seed=spec.seed)
 
 

@@ -9,7 +9,7 @@ problem at once, one line each, naming its field. The YAML layout::
     space: {name: prune, overrides: {pnr: {low: 1, high: 500}, rate: 0.9}}
     budget: {num_trials: 12, max_concurrent: 2, time_budget_s: null}
     objective: {metrics: [val_accuracy, compression_ratio]}   # directions: the metric catalogue
-    search: {sampler: tpe}             # tpe | nsga2 | random | grid
+    search: {sampler: tpe}             # tpe | nsga2 | random | grid (replicates: seeds per cell)
     scheduler: {name: none}            # none | asha (grace_period, reduction_factor)
     resources: {cpus: 1, gpus: 0}      # per trial; fractional GPUs pack trials onto one GPU
     failure: {max_failures: 2}
@@ -81,6 +81,7 @@ KNOB_PATHS = {
     "weight_decay": "optim.weight_decay",
     "batch_size": "data.batch_size",
     "epochs": "run.epochs",
+    "seed": "run.seed",  # a grid's replicate axis (search.replicates)
 }
 DEFAULT_NUM_TRIALS = 8
 # Tracking stores MLflow 3 opens (SQLAlchemy ones also as scheme+driver); a plain path or
@@ -157,6 +158,11 @@ class SearchSpec(Section):
         None,
         description="Optuna storage URL of the sweep's study (e.g. postgresql://...); null: "
         "$COMPSWEEP_STUDY_STORAGE, else optuna.db in the sweep folder",
+    )
+    replicates: Annotated[Int, Field(ge=1, le=100)] = Field(
+        1,
+        description="grid only: runs of each cell, with seeds seed, seed+1, …; analyze "
+        "averages a cell's runs into one point",
     )
 
     @field_validator("storage")
@@ -266,9 +272,21 @@ class SweepSpec(Section):
                 except Exception:  # overrides the space refuses: reported by spec_problems
                     grid, problems = {}, [None]
                 self.budget.num_trials = (
-                    math.prod(map(len, grid.values())) if not problems else None
+                    math.prod(map(len, grid.values())) * self.search.replicates
+                    if not problems
+                    else None
                 )
         return self
+
+    def replicate_seeds(self) -> list[int] | None:
+        """The seeds a grid runs each cell with (``search.replicates`` of them, counting up from
+        the trials' seed), or None for one run per cell."""
+        if self.search.sampler != "grid" or self.search.replicates == 1:
+            return None
+        run = self.train.get("run")
+        first = run.get("seed") if isinstance(run, dict) else None
+        first = self.seed if first is None else int(first)
+        return [first + r for r in range(self.search.replicates)]
 
 
 def tracking_uri_problem(uri: str) -> str | None:
@@ -527,17 +545,27 @@ def _rule_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
                     f"{', '.join(sorted(methods))})",
                 )
             )
+    if search and search.sampler != "grid" and search.replicates != 1:
+        p.append(
+            Problem(
+                "search.replicates",
+                f"replicates run each cell of a grid several times; {search.sampler!r} draws "
+                "its own trials: use sampler: grid, or leave replicates out",
+            )
+        )
     if space_ok and search and search.sampler == "grid":
         grid, found = grid_space(parts.space.name, parts.space.overrides)
         p += found
         budget = parts.budget
         size = math.prod(map(len, grid.values()))
-        if not found and budget and budget.num_trials not in (None, size):
+        runs = size * search.replicates
+        each = "once" if search.replicates == 1 else f"{search.replicates} times (replicates)"
+        if not found and budget and budget.num_trials not in (None, runs):
             p.append(
                 Problem(
                     "budget.num_trials",
-                    f"a grid runs each of its {size} cells once; leave num_trials out or set it "
-                    f"to {size} (got {budget.num_trials})",
+                    f"a grid runs each of its {size} cells {each}; leave num_trials out or set "
+                    f"it to {runs} (got {budget.num_trials})",
                 )
             )
     return p

@@ -109,6 +109,30 @@ def test_a_strength_tried_at_one_pnr_is_labelled_extrapolated():
     assert s.text().endswith("(extrapolated)")
 
 
+def test_suggested_pnr_follows_a_saturating_e_w_locally():
+    # e_w grows as pNR^0.8 up to pNR 100 and is flat beyond (weights settled): a single
+    # log-log line over all pNR would put e_opt = 1e-5 (reached at pNR 10) near pNR 4.
+    pnrs = [1, 3, 10, 30, 100, 300, 1000]
+    e_ws = [1e-5 * min(p, 100) ** 0.8 for p in pnrs]
+    s = suggest_pnr(pnrs, e_ws, 1e-5 * 10**0.8 / 10)
+    assert s.pnr == pytest.approx(10, rel=1e-6) and not s.extrapolated
+    assert s.k == pytest.approx(0.8)
+    # replicates are averaged per pNR (in log space) before the fit
+    s = suggest_pnr([*pnrs, 10], [*e_ws, e_ws[2]], 1e-5 * 10**0.8 / 10)
+    assert s.pnr == pytest.approx(10, rel=1e-6)
+
+
+def test_a_collapsed_pnr_is_left_out_of_the_suggestion():
+    # At pNR 1 the strength kills the weights: e_w/pNR there falls below pNR 3's.
+    pnrs, e_ws = [1, 3, 10, 30, 100], [1e-6, 3e-3, 5e-3, 8e-3, 1e-2]
+    s = suggest_pnr(pnrs, e_ws, 1e-4)
+    assert 30 < s.pnr < 100 and not s.extrapolated
+    assert "left out pNR 1" in s.note and "collapsed" in s.note
+    # beyond the tried range: the outermost pair's line, marked
+    s = suggest_pnr(pnrs, e_ws, 1e-5)
+    assert s.pnr > 100 and s.extrapolated and "outside the tried pNR 1–100" in s.note
+
+
 def test_suggestion_below_one_is_clamped_and_faster_than_pnr_growth_has_none():
     s = suggest_pnr([1, 10, 100], [1e-7, 1e-7, 1e-7], 1e-6)
     assert s.pnr == 1.0 and "clamped to 1" in s.note and s.extrapolated
@@ -238,3 +262,31 @@ def test_pareto_front_ranks_on_validation_accuracy():
               Trial("c", "p", {"pnr": 1}, 0.7, 1, 1, compression_ratio=4.0), Trial("d", "p", {"pnr": 1}, 0.9, 1, 1, compression_ratio=1.5),
               Trial("e", "p", {"pnr": 1}, 0.6, 1, 1, test_accuracy=1.0, compression_ratio=9.0, status="FAILED")]  # fmt: skip
     assert [t.trial_id for t in pareto_front(trials)] == ["a", "b"]
+
+
+def test_optima_follow_the_metric_direction_a_loss_is_minimized():
+    # The same sweep with a validation loss that is lowest at E_OPT (and an accuracy that
+    # only plateaus): the analysis on val_loss finds the minimum, the one on accuracy cannot.
+    trials = wd_trials([1e-3, 1e-2], noise=0.0)
+    for t in trials:
+        gap = math.log10(t.mean_e_w_per_pnr) - math.log10(E_OPT)
+        t.metrics = {"val_loss": 0.3 + 0.05 * gap**2}
+        t.val_accuracy = 0.9 if gap < 0.5 else 0.9 - 0.05 * gap  # a plateau below e_opt
+    a = analyze(trials, metric="val_loss")
+    assert a.metric == "val_loss" and a.centre.groups == 2
+    assert a.e_opt == pytest.approx(E_OPT, rel=0.10)
+    for g in a.groups:
+        assert g.best.value == min(p.value for p in g.points)
+    # the accuracy plateau runs into the smallest e_w/pNR tried: an edge for every group
+    assert analyze(trials).centre is None
+
+
+def test_the_analysis_metric_must_be_a_validation_metric():
+    for metric, why in [("test_accuracy", "test split"), ("compression_ratio", "no validation"),
+                        ("val_acc", "unknown metric")]:  # fmt: skip
+        with pytest.raises(ValueError, match=why):
+            analyze(wd_trials([1e-3]), metric=metric)
+    # a trial without the metric is skipped with its name
+    t = wd_trials([1e-3])[0]
+    a = analyze([t], metric="val_loss")
+    assert a.skipped[0][1] == "missing metric(s): val_loss"

@@ -13,13 +13,19 @@ from sweeps.progress import best_rows
 from sweeps.results import SweepRef, best_configs
 
 
-def run(tid: str, status: str = "FINISHED", diverged: str | None = None, **metrics: float):
+def run(
+    tid: str,
+    status: str = "FINISHED",
+    diverged: str | None = None,
+    run_params: dict | None = None,
+    **metrics: float,
+):
     tags = {"compsweep.trial_id": tid}
     if diverged:
         tags |= {"compsweep.status": "diverged", "compsweep.status_reason": diverged}
     return SimpleNamespace(
         info=SimpleNamespace(run_id=f"run-{tid}", status=status),
-        data=SimpleNamespace(metrics=metrics, tags=tags, params={}),
+        data=SimpleNamespace(metrics=metrics, tags=tags, params=run_params or {}),
     )
 
 
@@ -57,6 +63,23 @@ def test_default_metric_is_the_objective_and_higher_accuracy_wins(ref):
     assert trial_ids(best) == ["b", "a", "c"]  # not "a", the best on test
     assert best.configs[0]["config"] == {"from": "run-b"}
     assert best.configs[0]["provenance"]["metrics"]["test_accuracy"] == 0.80  # shown, not used
+
+
+def test_replicates_rank_by_their_mean_not_their_luckiest_seed(monkeypatch, ref):
+    def seeded(tid, pnr, seed, acc):
+        params = {"knob.pnr": str(pnr), "knob.seed": str(seed), "run.seed": str(seed)}
+        return run(tid, run_params=params, val_accuracy=acc, test_accuracy=acc - 0.01)
+
+    runs = [seeded("lucky", 10, 0, 0.95), seeded("lucky-1", 10, 1, 0.80),
+            seeded("steady-1", 30, 1, 0.91), seeded("steady", 30, 0, 0.90)]  # fmt: skip
+    monkeypatch.setattr(results, "find_trial_runs", lambda *a: runs)
+    best = best_configs(ref, top=2)
+    assert trial_ids(best) == ["steady", "lucky"]  # mean 0.905 beats 0.875; seed 0 stands for it
+    top = best.configs[0]["provenance"]
+    assert top["metrics"]["val_accuracy"] == pytest.approx(0.905)
+    assert top["metrics"]["test_accuracy"] == pytest.approx(0.895)
+    assert top["seeds"] == {"0": {"run_id": "run-steady", "val_accuracy": 0.90},
+                            "1": {"run_id": "run-steady-1", "val_accuracy": 0.91}}  # fmt: skip
 
 
 def test_a_loss_ranks_lowest_first(ref):

@@ -111,7 +111,8 @@ def _log_sweep(client, experiment_id: str, trials, extra=()) -> str:
                     "theta": THETA_TEXT[t.knobs["theta"]]},
                    {"val_accuracy": t.val_accuracy, "test_accuracy": t.test_accuracy,
                     "mean_e_w": t.mean_e_w, "mean_e_w_per_pnr": t.mean_e_w_per_pnr,
-                    "compression_ratio": 1.0, "steps": 12000})  # fmt: skip
+                    "compression_ratio": 1.0, "steps": 12000,
+                    "val_loss": 1.0 - t.val_accuracy})  # fmt: skip
     for trial_id, knobs, metrics, status, run_tags in extra:
         _log_trial(
             client, experiment_id, sweep_id, parent, trial_id, knobs, metrics, status, run_tags
@@ -200,6 +201,33 @@ def test_analyze_on_runs_in_a_real_mlflow_server(mlflow_server, tmp_path, capsys
     with (out_dir / "trials.csv").open() as f:
         rows = {row["trial_id"]: row for row in csv.DictReader(f)}
     assert rows[again.trial_id]["folded"] == "1" and rows["diverged"]["status"] == "skipped"
+    assert rows[again.trial_id]["metric"] == "val_accuracy"
+
+    # Another validation metric, in its own direction: the loss (1 - accuracy here) is
+    # minimized, so the same optima come out; trials without it are skipped by name.
+    loss_dir = tmp_path / "by-loss"
+    argv = ["analyze", sweep_id, "--tracking-uri", mlflow_server.uri, "--metric", "val_loss"]
+    assert main([*argv, "--output", str(loss_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "optima located on val_loss (lower is better)" in out
+    assert "from 3 strength group(s) with an interior optimum" in out
+    assert "missing metric(s): val_loss" in out  # the extra trials log no val_loss
+    assert {"loss_vs_e_w_per_pnr.png", "loss_over_pnr.png"} <= {p.name for p in loss_dir.iterdir()}
+    assert main(["analyze", sweep_id, "--tracking-uri", mlflow_server.uri,
+                 "--metric", "test_accuracy"]) == 2  # fmt: skip
+    assert "never used to select" in capsys.readouterr().err
+
+
+def test_the_analysis_metric_defaults_to_a_validation_objective():
+    from sweeps.results import SweepRef, analysis_metric
+
+    def ref(*objective):
+        return SweepRef("sqlite:///m.db", "1", "s", "r", list(objective))
+
+    assert analysis_metric(ref("val_loss")) == "val_loss"
+    assert analysis_metric(ref("val_accuracy", "compression_ratio")) == "val_accuracy"
+    assert analysis_metric(ref("compression_ratio", "val_loss")) == "val_accuracy"
+    assert analysis_metric(ref("val_loss"), "val_acc_pre") == "val_acc_pre"
 
 
 @pytest.mark.integration

@@ -113,6 +113,12 @@ def check_selectable(name: str) -> str | None:
     return None
 
 
+def validation_metrics() -> list[str]:
+    """Metrics of the validation split that may select: what ``compsweep analyze`` can locate
+    optima on."""
+    return [m.name for m in _ALL if m.selectable and m.split == "val"]
+
+
 def rank_key(name: str, value: float | None) -> float:
     """Sort key putting the best value of metric ``name`` first (ascending sort); a missing or
     non-finite value sorts last, so NaN and inf never rank."""
