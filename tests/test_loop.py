@@ -140,6 +140,15 @@ def test_default_measure_interval_keeps_the_cost_within_budget(probe, batch, pnr
     assert 2 * probe / (3 * batch) / (k * pnr) <= budget + 1e-12
 
 
+@pytest.mark.parametrize(
+    "run,field", [({"measure_every": 0}, "run.measure_every"), ({"measure_budget": 0}, "run.measure_budget"),
+                  ({"measure_budget": 1.5}, "run.measure_budget")],
+)  # fmt: skip
+def test_bad_measurement_settings_are_config_errors(tiny_config, run, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        tiny_config(run=run)
+
+
 def test_probe_loss_changes_nothing(tiny_config):
     t = Trainer(tiny_config())
     bn = next(m for m in t.model.modules() if isinstance(m, torch.nn.BatchNorm2d))

@@ -185,7 +185,7 @@ class RunConfig(Section):
     measure_every: PositiveInt | None = Field(
         None,
         description="measure loss_pre/loss_post at every N-th distortion event (and at each "
-        "evaluation); default: the sparsest N that keeps them within measure_budget",
+        "evaluation); default: the smallest N whose measurements stay within measure_budget",
     )
     measure_budget: float = Field(
         0.02,

@@ -659,8 +659,8 @@ class Trainer:
 
 
 def auto_measure_every(probe_size: int, batch_size: int, pnr: int, budget: float) -> int:
-    """The sparsest-needed measurement interval: measure the probe losses at every k-th event
-    with the smallest k whose cost stays within ``budget`` of the training compute.
+    """How often to measure the probe losses: at every k-th event, for the smallest k whose
+    cost stays within ``budget`` of the training compute.
 
     Measuring one event is two forward passes of the probe batch, with no backward and no
     optimizer step; a training step is a forward and a backward pass (about three forwards)
