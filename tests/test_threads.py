@@ -63,3 +63,15 @@ def test_thread_defaults_and_bad_values():
 
     with pytest.raises(ConfigError, match="run.threads"):
         parse_train_config(dict(TINY, run={**TINY["run"], "threads": 0}))
+
+
+@pytest.mark.parametrize("configured,cpus,threads", [(None, 1, 1), (None, 2, 2), (None, 0.5, 1),
+                                                     (3, 1, 3)])  # fmt: skip
+def test_a_trial_defaults_to_the_cpus_it_holds(configured, cpus, threads):
+    from sweeps.trial import set_trial_threads
+    from trainers.config import parse_train_config
+
+    cfg = parse_train_config(dict(TINY, run={**TINY["run"], "threads": configured}))
+    set_trial_threads(cfg, cpus)
+    assert cfg.run.threads == threads
+    assert Trainer(cfg).threads == threads  # what fit() then sets
