@@ -365,9 +365,11 @@ class Trainer:
                 if new.data_ptr() == p.data_ptr():  # h left this tensor as it was
                     continue
                 # The difference is formed in the parameter itself, which h(w) overwrites next:
-                # no temporary, and three passes over the weights besides the copy.
+                # no temporary. abs_ in place after the dot: vector_norm(ord=1) is ~8x slower
+                # on CPU than abs_ + sum, and this runs at every event.
                 diff = p.data.sub_(new).view(-1)
-                sums += [torch.linalg.vector_norm(diff, 1), torch.dot(diff, diff)]
+                sq = torch.dot(diff, diff)
+                sums += [diff.abs_().sum(), sq]
                 p.copy_(new)
             n = max(n, 1)
         numbers = [self._loss_sum, *sums]
