@@ -50,8 +50,8 @@ def sweep_runs(uri: str, experiment_name: str, sweep_id: str | None = None) -> t
 
 
 def assert_complete_series(uri: str, run) -> None:
-    """Every §3 series has more than one point, each (key, step) exactly once, one e_w point
-    per distortion event of the trial, and probe losses at a subset of the events."""
+    """Every series of docs/design.md §3 has more than one point, each (key, step) exactly once,
+    one e_w point per distortion event of the trial, and probe losses at a subset of the events."""
     client = MlflowClient(uri)
     events = int(run.data.metrics["num_distortions"])
     for key in SERIES:

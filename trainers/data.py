@@ -31,7 +31,7 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
@@ -296,7 +296,7 @@ def random_crop_flip(x: Tensor, g: torch.Generator, padding: int = 4) -> Tensor:
 # File readers
 
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -439,7 +439,7 @@ def _tensor_splits(
     valid = None
     if xva is not None:
         valid = TensorBatches(
-            xva.contiguous().to(dev), yva.contiguous().to(dev), cfg.test_batch_size
+            xva.contiguous().to(dev), cast(Tensor, yva).contiguous().to(dev), cfg.test_batch_size
         )
     test = TensorBatches(xte.contiguous().to(dev), yte.contiguous().to(dev), cfg.test_batch_size)
     return DataSplits(train=train, val=valid, test=test, info=info)
@@ -495,8 +495,8 @@ def _load_idx_dataset(
         )
 
     def load(images: str, labels: str, limit: int | None) -> tuple[Tensor, Tensor]:
-        x = _limit(read_idx(_idx_path(d, _IDX_FILES[images])), limit)
-        y = _limit(read_idx(_idx_path(d, _IDX_FILES[labels])), limit)
+        x = _limit(read_idx(cast(Path, _idx_path(d, _IDX_FILES[images]))), limit)
+        y = _limit(read_idx(cast(Path, _idx_path(d, _IDX_FILES[labels]))), limit)
         xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
         return (xt - stats[0]) / stats[1], torch.from_numpy(y.astype(np.int64))
 

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ def _flushing_subnormals() -> bool:
 
 
 @contextmanager
-def subnormals_flushed(enabled: bool):
+def subnormals_flushed(enabled: bool) -> Iterator[None]:
     """Flush subnormal floats to zero on this thread's CPU (x86 FTZ/DAZ), restored on exit.
 
     Why: a weight that stops receiving gradient (a pruned-away unit, a dead ReLU) keeps a
@@ -99,7 +99,7 @@ def subnormals_flushed(enabled: bool):
 
 
 @contextmanager
-def probe_mode(model: nn.Module):
+def probe_mode(model: nn.Module) -> Iterator[None]:
     """Forward passes that see what training sees (BatchNorm on batch statistics) but change
     nothing: running statistics frozen (momentum 0), dropout off, no gradients."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -119,7 +119,7 @@ def probe_mode(model: nn.Module):
         for m, (momentum, tracked) in zip(bns, saved, strict=True):
             m.momentum = momentum
             if tracked is not None:
-                m.num_batches_tracked.copy_(tracked)
+                cast(torch.Tensor, m.num_batches_tracked).copy_(tracked)
         model.train(was_training)
 
 
