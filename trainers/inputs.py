@@ -46,6 +46,10 @@ class RawInputAdapter(nn.Module):
     without this package.
     """
 
+    divisor: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, raw: RawInput, input_shape: tuple[int, ...]) -> None:
         super().__init__()
         self.raw_shape = tuple(raw.shape)

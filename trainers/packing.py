@@ -10,6 +10,7 @@ bytes, and rebuilds the dense weight exactly when it runs: outputs are bit-ident
 from __future__ import annotations
 
 import copy
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -22,6 +23,11 @@ __all__ = ["SparseConv2d", "SparseLinear", "pack_sparse", "state_bytes"]
 class _PackedWeight(nn.Module):
     """The weight as ``mask_bits`` (little-endian bits, one per weight) and ``values`` (the
     kept weights in flat order). Plain tensor operations only: traces with ``torch.fx``."""
+
+    mask_bits: torch.Tensor
+    values: torch.Tensor
+    shifts: torch.Tensor
+    bias: torch.Tensor | None
 
     def _pack(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         flat = weight.detach().reshape(-1)
@@ -57,6 +63,8 @@ class SparseLinear(_PackedWeight):
 class SparseConv2d(_PackedWeight):
     """A pruned ``nn.Conv2d`` (zero padding) in sparse storage."""
 
+    padding: Any
+
     def __init__(self, layer: nn.Conv2d) -> None:
         super().__init__()
         self._pack(layer.weight, layer.bias)
@@ -74,7 +82,7 @@ def _worth_packing(layer: nn.Module) -> bool:
         return False
     if isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros":
         return False
-    w = layer.weight
+    w = cast(torch.Tensor, layer.weight)
     sparse_bytes = (w.numel() + 7) // 8 + int(torch.count_nonzero(w)) * w.element_size()
     return sparse_bytes < w.numel() * w.element_size()
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import cast
 
 import torch
 from torch import nn
@@ -171,17 +172,20 @@ class CP(Distortion):
                 f"a Conv2d with padding_mode={module.padding_mode!r}: its padding does not split "
                 "into a vertical and a horizontal pass — exclude it from the targets"
             )
+        conv = cast(nn.Conv2d, module)  # check_restructurable: a Linear or a groups=1 Conv2d
         u_t, u_s, u_y, u_x = factors
-        (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
-        pad = module.padding
+        (kh, kw), (sh, sw), (dh, dw) = conv.kernel_size, conv.stride, conv.dilation
+        pad = conv.padding
+        pad_v: str | tuple[int, int]
+        pad_h: str | tuple[int, int]
         pad_v, pad_h = (pad, pad) if isinstance(pad, str) else ((pad[0], 0), (0, pad[1]))
         layers = [
-            nn.Conv2d(module.in_channels, r, 1, bias=False),
+            nn.Conv2d(conv.in_channels, r, 1, bias=False),
             nn.Conv2d(r, r, (kh, 1), stride=(sh, 1), padding=pad_v, dilation=(dh, 1),
                       groups=r, bias=False),
             nn.Conv2d(r, r, (1, kw), stride=(1, sw), padding=pad_h, dilation=(1, dw),
                       groups=r, bias=False),
-            nn.Conv2d(r, module.out_channels, 1, bias=has_bias),
+            nn.Conv2d(r, conv.out_channels, 1, bias=has_bias),
         ]  # fmt: skip
         weights = [
             u_s.T[..., None, None],
