@@ -32,6 +32,7 @@ SPACES: dict[str, str] = {
     "svd": "search_spaces.lowrank:svd",
     "tiled_svd": "search_spaces.lowrank:tiled_svd",
     "tucker2": "search_spaces.lowrank:tucker2",
+    "cp": "search_spaces.lowrank:cp",
     "mixed": "search_spaces.mixed:mixed",
     "funnel": "search_spaces.funnel:funnel",
     "nuclear": "search_spaces.nuclear:nuclear",

@@ -199,8 +199,9 @@ def _train_final(
     print(
         f"final model: test_accuracy {out['test_accuracy']:.4f}{selected}, "
         f"compression {out['compression_ratio']:.2f}x "
-        f"({out['params']:.0f} of {out['params_dense']:.0f} params; exported structure "
-        f"{out['exported_params']:.0f} params, {out['exported_macs']:.0f} MACs)\n"
+        f"({out['params']:.0f} of {out['params_dense']:.0f} weights kept; stored in "
+        f"{out['bytes_stored']:.0f} of {out['bytes_dense']:.0f} bytes, "
+        f"{out['compression_ratio_bytes']:.2f}x; {out['exported_macs']:.0f} MACs)\n"
         f"MLflow run {out['run_id']} at {out['tracking_uri']}; registered as "
         f"models:/{out['model_name']}/{out['model_version']} "
         f"(load with mlflow.pytorch.load_model)"

@@ -116,8 +116,12 @@ def _spec(trials: int = 2):
     return from_dict_spec(
         {
             "name": "t",
-            "train": {"data": {"name": "digits"}, "model": {"name": "small_cnn"},
-                      "compression": {"method": "prune"}, "run": {"epochs": 1}},  # fmt: skip
+            "train": {
+                "data": {"name": "digits"},
+                "model": {"name": "small_cnn"},
+                "compression": {"method": "prune"},
+                "run": {"epochs": 1},
+            },  # fmt: skip
             "space": {"name": "prune", "overrides": {"lr": 0.05}},
             "budget": {"num_trials": trials, "max_concurrent": 2},
         }

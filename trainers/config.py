@@ -182,6 +182,21 @@ class RunConfig(Section):
     probe_batch_size: PositiveInt | None = Field(
         None, description="batch for loss_pre/loss_post; default the training batch"
     )
+    measure_every: PositiveInt | None = Field(
+        None,
+        description="measure loss_pre/loss_post at every N-th distortion event (and at each "
+        "evaluation); default: the smallest N whose measurements stay within measure_budget",
+    )
+    measure_budget: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="share of the training compute the loss measurements of distortion events "
+        "may take, which sets the default measure_every",
+    )
+    threads: PositiveInt | None = Field(
+        None, description="torch intra-op threads; default one per CPU available to the process"
+    )
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     flush_subnormals: bool = Field(True, description="CPU: read and write subnormals as 0")
 

@@ -38,6 +38,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from trainers.inputs import RawInput
+
 __all__ = [
     "DATASETS",
     "BatchSource",
@@ -87,12 +89,15 @@ class DataInfo:
         num_classes: Number of classes, or the vocabulary size for language modelling.
         task: ``"classification"`` or ``"language_model"``.
         input_dtype: ``torch.float32`` for images, ``torch.long`` for token ids.
+        raw: the samples' format before preprocessing, for models handed to users (None:
+            the inputs are used as they come).
     """
 
     input_shape: tuple[int, ...]
     num_classes: int
     task: str = "classification"
     input_dtype: torch.dtype = torch.float32
+    raw: RawInput | None = None
 
 
 @runtime_checkable
@@ -450,7 +455,11 @@ def _load_digits(cfg: _Config) -> DataSplits:
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=360, stratify=y, random_state=0)
     mean, std = xtr.mean(), xtr.std()
     xtr, xte = (xtr - mean) / std, (xte - mean) / std
-    info = DataInfo(input_shape=(1, 8, 8), num_classes=10)
+    raw = RawInput(
+        shape=(64,), dtype="float64", divisor=16.0, mean=(float(mean),), std=(float(std),),
+        description="8x8 digit images as 64 pixel values 0-16 (sklearn.datasets.load_digits)",
+    )  # fmt: skip
+    info = DataInfo(input_shape=(1, 8, 8), num_classes=10, raw=raw)
     return _tensor_splits(
         cfg,
         torch.from_numpy(xtr).reshape(-1, 1, 8, 8),
@@ -493,7 +502,11 @@ def _load_idx_dataset(
 
     xtr, ytr = load("train_images", "train_labels", cfg.limit_train)
     xte, yte = load("test_images", "test_labels", cfg.limit_test)
-    info = DataInfo(input_shape=tuple(xtr.shape[1:]), num_classes=10)
+    raw = RawInput(
+        shape=tuple(xtr.shape[2:]), dtype="uint8", divisor=255.0, mean=(stats[0],),
+        std=(stats[1],), description=f"{name} images as uint8 pixel values 0-255 (IDX files)",
+    )  # fmt: skip
+    info = DataInfo(input_shape=tuple(xtr.shape[1:]), num_classes=10, raw=raw)
     return _tensor_splits(cfg, xtr, ytr, xte, yte, info)
 
 
@@ -559,7 +572,11 @@ def _load_cifar10(cfg: _Config, augment: bool = False) -> DataSplits:
 
     xtr, ytr = load(True, cfg.limit_train)
     xte, yte = load(False, cfg.limit_test)
-    info = DataInfo(input_shape=(3, 32, 32), num_classes=10)
+    raw = RawInput(
+        shape=(32, 32, 3), dtype="uint8", divisor=255.0, mean=_CIFAR10_MEAN, std=_CIFAR10_STD,
+        channels_last=True, description="32x32 RGB images, channels last, uint8 0-255",
+    )  # fmt: skip
+    info = DataInfo(input_shape=(3, 32, 32), num_classes=10, raw=raw)
     return _tensor_splits(
         cfg, xtr, ytr, xte, yte, info, transform=random_crop_flip if augment else None
     )
