@@ -1,11 +1,12 @@
-# Two entry points: `make demo` (the main job) and `make test` (the test suite).
-# Both create the virtual environment on first use.
+# Two entry points: `make demo` (the main job) and `make test` (the test suite); beside them
+# `make test-fast` (the quick tier, no integration tests) and `make lint`.
+# All of them create the virtual environment on first use.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-docker lint sysdeps bench clean
+.PHONY: demo test test-fast test-docker lint sysdeps bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +30,21 @@ sysdeps:
 demo: $(STAMP)
 	$(BIN)/compsweep run sweeps/specs/digits_demo.yaml
 
+# Lint, formatting, and types ([tool.mypy] in pyproject.toml: strict on trainers/ and
+# search_spaces/).
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: $(STAMP) sysdeps lint
 	$(BIN)/pytest -q
+
+# The quick tier while changing code: every test except those marked integration (a real Ray
+# runtime, a real MLflow server, a cluster) or slow, spread over the CPUs (pytest-xdist).
+# Lint is separate: `make lint`.
+test-fast: $(STAMP) sysdeps
+	$(BIN)/pytest -q -n auto -m "not integration and not slow"
 
 # The compose cluster on real containers, end to end (scripts/docker_e2e.py): builds the images,
 # brings the cluster up, runs a sweep through a killed worker and a restarted MLflow, checks

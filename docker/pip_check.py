@@ -11,7 +11,9 @@ import os
 import subprocess
 import sys
 
-allowed = {n.strip().lower() for n in os.environ.get("PIP_CHECK_ALLOW_MISSING", "").split(",") if n.strip()}
+allowed = {
+    n.strip().lower() for n in os.environ.get("PIP_CHECK_ALLOW_MISSING", "").split(",") if n.strip()
+}
 res = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True)
 problems = [
     line
@@ -20,5 +22,8 @@ problems = [
     and not line.startswith("No broken requirements")
     and not any(line.lower().endswith(f"requires {n}, which is not installed.") for n in allowed)
 ]
-print("\n".join(problems) or "pip check: no broken requirements" + (f" (without {sorted(allowed)})" if allowed else ""))
+print(
+    "\n".join(problems)
+    or "pip check: no broken requirements" + (f" (without {sorted(allowed)})" if allowed else "")
+)
 sys.exit(1 if problems else 0)

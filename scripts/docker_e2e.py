@@ -158,7 +158,9 @@ class Cluster:
                         return
                     status = f"{len(alive)}/{workers} Ray workers alive"
             if time.monotonic() > deadline:
-                raise E2EError(f"cluster not healthy after {timeout:.0f} s: {status}\n{self.logs()}")
+                raise E2EError(
+                    f"cluster not healthy after {timeout:.0f} s: {status}\n{self.logs()}"
+                )
             time.sleep(3)
 
     def psql(self, sql: str) -> str:
@@ -234,8 +236,11 @@ def sweep_spec() -> dict:
             "data": {"name": "digits", "batch_size": 32, "limit_train": 512},
             "model": {"name": "small_cnn"},
             "compression": {"targets": {"min_params": 10}},
-            "run": {"steps": int(os.environ.get("COMPSWEEP_E2E_STEPS", "400")),
-                    "eval_every": 1.0, "device": "cpu"},  # fmt: skip
+            "run": {
+                "steps": int(os.environ.get("COMPSWEEP_E2E_STEPS", "400")),
+                "eval_every": 1.0,
+                "device": "cpu",
+            },  # fmt: skip
         },
         "space": {"name": "prune", "overrides": {"pnr": {"low": 2, "high": 6}, "lr": 0.05}},
         "budget": {"num_trials": TRIALS, "max_concurrent": 2},

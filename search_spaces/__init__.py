@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
@@ -32,6 +32,7 @@ SPACES: dict[str, str] = {
     "svd": "search_spaces.lowrank:svd",
     "tiled_svd": "search_spaces.lowrank:tiled_svd",
     "tucker2": "search_spaces.lowrank:tucker2",
+    "cp": "search_spaces.lowrank:cp",
     "mixed": "search_spaces.mixed:mixed",
     "funnel": "search_spaces.funnel:funnel",
     "nuclear": "search_spaces.nuclear:nuclear",
@@ -151,15 +152,19 @@ class _Recorder:
         self.pick = dict(pick or {})
         self.knobs: dict[str, dict[str, Any]] = {}
 
-    def suggest_float(self, name, low, high, *, step=None, log=False):
+    def suggest_float(
+        self, name: str, low: float, high: float, *, step: float | None = None, log: bool = False
+    ) -> Any:
         self.knobs[name] = {"kind": "float", "low": low, "high": high, "log": log, "step": step}
         return self.pick.get(name, low)
 
-    def suggest_int(self, name, low, high, *, step=1, log=False):
+    def suggest_int(
+        self, name: str, low: int, high: int, *, step: int = 1, log: bool = False
+    ) -> Any:
         self.knobs[name] = {"kind": "int", "low": low, "high": high, "log": log, "step": step}
         return self.pick.get(name, low)
 
-    def suggest_categorical(self, name, choices):
+    def suggest_categorical(self, name: str, choices: Sequence[Any]) -> Any:
         taken = self.pick.get(name, choices[0])
         self.knobs[name] = {"kind": "categorical", "choices": list(choices), "taken": taken}
         return taken
@@ -187,7 +192,7 @@ def branches(
     categorical records the value ``taken`` in that branch."""
     found: list[dict[str, dict[str, Any]]] = []
     pending: list[dict[str, Any]] = [{}]
-    seen: set[tuple] = set()
+    seen: set[tuple[Any, ...]] = set()
     while pending:
         pick = pending.pop()
         knobs = record(name, overrides, pick)
@@ -288,8 +293,8 @@ def override_problems(
                 problems.append(Problem(path, str(e)))
     # The effective ranges of the overrides that are well formed (a space default may still
     # contradict a new end: low 1 kept, high 0 given).
-    bad = {p.path.removeprefix(f"{where}.").split(".")[0] for p in problems}
-    sound = {k: o for k, o in overrides.items() if str(k) not in bad}
+    bad_keys = {p.path.removeprefix(f"{where}.").split(".")[0] for p in problems}
+    sound = {k: o for k, o in overrides.items() if str(k) not in bad_keys}
     try:
         narrowed = branches(name, sound)
     except Exception as e:  # e.g. a branch-choosing value the space does not know

@@ -1,4 +1,4 @@
-"""Search spaces of the low-rank family: SVD, tiled SVD, Tucker-2 (define-by-run, no computation)."""
+"""Search spaces of the low-rank family: SVD, tiled SVD, Tucker-2, CP (define-by-run, no computation)."""
 
 from __future__ import annotations
 
@@ -21,3 +21,8 @@ def tiled_svd(trial: Any) -> None:
 def tucker2(trial: Any) -> None:
     common(trial)
     trial.suggest_float("rc", 0.3, 0.7)
+
+
+def cp(trial: Any) -> None:
+    common(trial)
+    trial.suggest_float("ratio", 0.1, 0.5)  # fraction of each layer's weights the factors keep

@@ -1,7 +1,8 @@
 """Search spaces of the occasional-regularization (pNR) family: decay, noise, pruning, bits.
 
 Plain define-by-run functions (Optuna style): they only call ``trial.suggest_*``; no
-computation. Ranges follow DESIGN §6; a sweep spec narrows or fixes any of them by name.
+computation. How spaces are built and narrowed: docs/design.md §6; a sweep spec narrows or fixes
+any knob by name.
 """
 
 from __future__ import annotations

@@ -171,6 +171,7 @@ def _train_final(
     args: argparse.Namespace, overrides: list[tuple[str, Any]], problems: list[Problem]
 ) -> int:
     from sweeps.final import read_best, train_final
+    from sweeps.naming import browse_hint
     from sweeps.spec import tracking_uri_problem
     from trainers.loop import TrainingDiverged
 
@@ -198,12 +199,16 @@ def _train_final(
     print(
         f"final model: test_accuracy {out['test_accuracy']:.4f}{selected}, "
         f"compression {out['compression_ratio']:.2f}x "
-        f"({out['params']:.0f} of {out['params_dense']:.0f} params; exported structure "
-        f"{out['exported_params']:.0f} params, {out['exported_macs']:.0f} MACs)\n"
+        f"({out['params']:.0f} of {out['params_dense']:.0f} weights kept; stored in "
+        f"{out['bytes_stored']:.0f} of {out['bytes_dense']:.0f} bytes, "
+        f"{out['compression_ratio_bytes']:.2f}x; {out['exported_macs']:.0f} MACs)\n"
         f"MLflow run {out['run_id']} at {out['tracking_uri']}; registered as "
         f"models:/{out['model_name']}/{out['model_version']} "
         f"(load with mlflow.pytorch.load_model)"
     )
+    hint = browse_hint(out["tracking_uri"], out["experiment_id"], out["run_id"])
+    if hint:
+        print(hint)
     return 0
 
 
@@ -412,17 +417,23 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import os
-
     from sweeps.tracking import default_tracking_uri
+    from sweeps.ui import StoreMissing, check_store, serve, sqlite_file
 
     _check_tracking_uri_arg(args.tracking_uri)
     uri = args.tracking_uri or default_tracking_uri()
-    mlflow = str(Path(sys.executable).parent / "mlflow")
-    cmd = [mlflow, "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
-    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
-    os.execv(mlflow, cmd)
-    return 0
+    if uri.startswith(("http://", "https://")):
+        print(f"error: {uri} is an MLflow server already; open it in a browser", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        check_store(uri, args.storage)
+    except StoreMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    store = sqlite_file(uri)
+    return serve(uri, host=args.host, port=args.port, workers=args.workers, jobs=args.jobs,
+                 verbose=getattr(args, "verbose", False),
+                 log_dir=store.parent if store else None)  # fmt: skip
 
 
 def _add_env_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
@@ -436,6 +447,12 @@ def _add_env_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
     )
 
 
+VERBOSE_HELP = (
+    "also show Ray's, Optuna's and MLflow's own messages on the terminal (by default a sweep "
+    "writes them to compsweep.log in its folder)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --debug is taken before or after the command (`compsweep --debug run ...` or `... run
     # --debug`); SUPPRESS keeps a sub-command's default from hiding the top-level flag.
@@ -446,6 +463,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="show the traceback of an error (for developers)",
     )
+    debug.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help=VERBOSE_HELP,
+    )
     parser = argparse.ArgumentParser(
         prog="compsweep",
         description="Hyperparameter sweeps for compression-aware training (Ray Tune + Optuna + MLflow). "
@@ -454,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--debug", action="store_true", help="show the traceback of an error (for developers)"
     )
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_parser = sub.add_parser
 
@@ -673,12 +698,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "ui",
-        help="open the MLflow UI on the embedded tracking store",
-        description="Start `mlflow ui` on the embedded store (./mlflow.db) or --tracking-uri.",
+        help="open the MLflow UI on the sweeps' tracking store",
+        description="Start a light MLflow UI (one web worker, no job consumers) on an existing "
+        "store: ./mlflow.db or --tracking-uri. A store that does not exist is refused (none is "
+        "created), naming the stores of the sweeps under --storage. Prints the runs view of "
+        "each experiment once the UI answers; the server's own log goes to mlflow-ui.log next "
+        "to the store (-v: the terminal).",
     )
-    p.add_argument("--tracking-uri", help="default: sqlite:///<cwd>/mlflow.db")
+    p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1, help="web workers (default 1)")
+    p.add_argument(
+        "--jobs",
+        action="store_true",
+        help="also start MLflow's job consumers (GenAI features; slower to start and stop)",
+    )
+    p.add_argument(
+        "--storage",
+        default="compsweep_results",
+        help="where to look for sweeps when the store is missing (default: compsweep_results)",
+    )
     p.set_defaults(func=cmd_ui)
     return parser
 
@@ -686,6 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False)
+    if not getattr(args, "verbose", False):
+        from sweeps.quiet import quiet_libraries
+
+        quiet_libraries()
     try:
         return args.func(args)
     except (ConfigError, yamlio.YamlError) as e:

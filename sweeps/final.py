@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from sweeps.quiet import library_prints
 from trainers.callbacks import Callback, ConsoleProgress
 from trainers.config import ConfigError, TrainConfig, parse_train_config, read_mapping, set_dotted
 from trainers.loop import Trainer
@@ -97,6 +98,7 @@ def train_final(
     import mlflow
     import mlflow.pytorch
     import torch
+    from mlflow.models import infer_signature
 
     from sweeps.tracking import (
         STATUS_REASON_TAG,
@@ -108,7 +110,9 @@ def train_final(
     from sweeps.trial import flatten
     from trainers.counting import count_params
     from trainers.export import export, model_macs
+    from trainers.inputs import with_raw_input
     from trainers.loop import TrainingDiverged
+    from trainers.packing import pack_sparse, state_bytes
 
     data, prov = read_best(path, index)
     if prov:  # selection is done: the validation samples now train the final model
@@ -118,7 +122,8 @@ def train_final(
     cfg = parse_train_config(data, path)
     uri = tracking_uri or (prov or {}).get("tracking_uri") or default_tracking_uri()
     client = mlflow_client(uri)
-    experiment_id = (prov or {}).get("experiment_id") or ensure_experiment(uri, "compsweep-final")
+    # Final runs get an experiment of their own, next to the sweep's: its charts compare trials.
+    experiment_id = ensure_experiment(uri, final_experiment(client, prov))
     tags = {"compsweep.role": "final", "compsweep.method": cfg.compression.method}
     if prov:
         tags.update({
@@ -126,9 +131,7 @@ def train_final(
             "compsweep.source_trial_id": str(prov["trial_id"]),
             "compsweep.source_run_id": prov["run_id"],
         })  # fmt: skip
-    run = client.create_run(
-        experiment_id, tags=tags, run_name=f"final-{(prov or {}).get('trial_id', cfg.model.name)}"
-    )
+    run = client.create_run(experiment_id, tags=tags, run_name=final_run_name(client, prov, cfg))
     run_id = run.info.run_id
     client.log_batch(
         run_id,
@@ -150,15 +153,26 @@ def train_final(
     model = trainer.model
     if trainer.distortion is not None:
         model = export(trainer.model, trainer.distortion, list(trainer.targets))
-    # Against the dense model the run started from (for funnel, before it was decomposed).
+    # What users get: pruned layers stored as a bit mask and the kept values, behind the
+    # dataset's raw-input adapter.
+    served, example, code_paths = servable_model(pack_sparse(model).cpu(), trainer)
+    # Sizes against the dense model the run started from (for funnel, before it was
+    # decomposed): weights as counted by the method, bytes as really stored (the served
+    # model's tensors; the dense model would carry the same buffers and adapter).
     exported_params = float(count_params(model))
+    bytes_stored = float(state_bytes(served))
+    unpacked = state_bytes(with_raw_input(model, trainer.info.raw, trainer.info.input_shape))
+    width = next(model.parameters()).element_size()
+    bytes_dense = unpacked + (final["params_dense"] - exported_params) * width
     summary = {
         **final,
         "exported_params": exported_params,
         "exported_macs": float(
             model_macs(model, trainer.info.input_shape, trainer.info.input_dtype)
         ),
-        "exported_compression_ratio": final["params_dense"] / exported_params,
+        "bytes_dense": float(bytes_dense),
+        "bytes_stored": bytes_stored,
+        "compression_ratio_bytes": bytes_dense / bytes_stored,
     }
     # The last evaluation (test_accuracy, ...) is in the series already; these are the rest.
     client.log_batch(
@@ -175,32 +189,45 @@ def train_final(
         client.log_artifact(run_id, str(cfg_path))
 
     name = register or _model_name(prov, cfg)
-    model.eval()
-    example = next(iter(trainer.data.test.epoch(0, cfg.run.seed)))[0][:2].cpu()
+    signature = infer_signature(example, served(torch.from_numpy(example)).numpy())
     # log_model works on the active run of the global tracking URI, which MLflow also puts
     # into MLFLOW_TRACKING_URI: set it for this call only, and put back what was there.
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
     try:
-        with mlflow.start_run(run_id=run_id):
+        with mlflow.start_run(run_id=run_id), library_prints("mlflow.registry"):
             info = mlflow.pytorch.log_model(
-                model.cpu(),
+                served,
                 name="model",
                 registered_model_name=name,
-                input_example=example.numpy(),
+                signature=signature,
+                input_example=example,
+                code_paths=code_paths,
+                # pt2 (torch.export) loads without this package or pickled code; a model that
+                # does not export is pickled, with the trainers package shipped alongside.
+                serialization_format="pickle" if code_paths else "pt2",
                 pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
             )
     finally:
         mlflow.set_tracking_uri(previous)
     version = str(info.registered_model_version)
-    for key in ("test_accuracy", "compression_ratio", "params", "macs", "source_val_accuracy"):
-        if key in summary:
-            client.set_model_version_tag(name, version, key, str(summary[key]))
-    client.set_model_version_tag(
-        name, version, "exported_compression_ratio", str(summary["exported_compression_ratio"])
-    )
-    if prov:
-        client.set_model_version_tag(name, version, "source_run_id", prov["run_id"])
+    tags = {
+        "test_accuracy": summary.get("test_accuracy"),
+        "compression_ratio_weights": summary["compression_ratio"],
+        "weights_kept": summary["params"],
+        "weights_dense": summary["params_dense"],
+        "compression_ratio_bytes": summary["compression_ratio_bytes"],
+        "bytes_stored": summary["bytes_stored"],
+        "bytes_dense": summary["bytes_dense"],
+        "macs": summary["macs"],
+        "source_val_accuracy": summary.get("source_val_accuracy"),
+        "source_run_id": (prov or {}).get("run_id"),
+        "input_format": trainer.info.raw.description if trainer.info.raw else "as trained",
+    }
+    for key, value in tags.items():
+        if value is not None:
+            client.set_model_version_tag(name, version, key, str(value))
+    client.update_model_version(name, version, description=_VERSION_NOTE)
     client.set_terminated(run_id, "FINISHED")
     return {
         **summary,
@@ -208,7 +235,59 @@ def train_final(
         "model_name": name,
         "model_version": version,
         "tracking_uri": uri,
+        "experiment_id": experiment_id,
     }
+
+
+def final_experiment(client: Any, prov: dict[str, Any] | None) -> str:
+    """``<sweep experiment>-final``; ``compsweep-final`` without a sweep."""
+    if not prov:
+        return "compsweep-final"
+    try:
+        name = client.get_experiment(prov["experiment_id"]).name
+    except Exception:  # the sweep's experiment is gone: name it after the sweep
+        name = prov["sweep_id"].rsplit("-", 3)[0]
+    return f"{name}-final"
+
+
+def final_run_name(client: Any, prov: dict[str, Any] | None, cfg: Any) -> str:
+    """``final · prune r=0.90 pnr=7 · t04``: the source trial's run name, or what it trains."""
+    if prov:
+        try:
+            return f"final · {client.get_run(prov['run_id']).info.run_name}"
+        except Exception:  # the trial's run is gone
+            return f"final · {cfg.compression.method} · {prov['trial_id']}"
+    return f"final · {cfg.compression.method} · {cfg.model.name}"
+
+
+_VERSION_NOTE = (
+    "Takes the dataset's raw samples (see the input_format tag and the signature): the "
+    "training's standardization is built in. compression_ratio_weights = weights_dense / "
+    "weights_kept (weights the compression keeps: non-zeros, or the factors' entries); "
+    "compression_ratio_bytes = bytes_dense / bytes_stored (bytes of this model's tensors, pruned "
+    "layers stored as a bit mask plus the kept values, against the dense float model)."
+)
+
+
+def servable_model(model: Any, trainer: Any) -> tuple[Any, Any, list[str] | None]:
+    """``(module, raw input example, code_paths)`` for MLflow: ``model`` behind the dataset's
+    raw-input adapter, in eval mode. ``code_paths`` is None when the module exports with
+    ``torch.export`` (MLflow's pt2 format: it loads as plain torch, no compsweep needed),
+    else the ``trainers`` package to ship with a pickled module."""
+    import torch
+
+    import trainers
+    from trainers.inputs import to_raw, with_raw_input
+
+    info = trainer.info
+    served = with_raw_input(model, info.raw, info.input_shape).eval().requires_grad_(False)
+    x = next(iter(trainer.data.test.epoch(0, trainer.cfg.run.seed)))[0][:5].cpu()
+    example = to_raw(x, info.raw) if info.raw else x.numpy()
+    try:
+        torch.export.export(served, (torch.from_numpy(example),))
+    except Exception:  # untraceable control flow: the original classes travel with the model
+        return served, example, [str(Path(trainers.__file__).parent)]
+    return served, example, None
 
 
 def _model_name(prov: dict[str, Any] | None, cfg: Any) -> str:

@@ -32,8 +32,10 @@ from sweeps.driver import (
     driver_identity,
 )
 from sweeps.lock import SweepLock
+from sweeps.naming import browse_hint, label_of_run_name, tune_trial_name
 from sweeps.outcomes import Outcome
-from sweeps.progress import SweepProgress, best_rows, knob_text, print_table
+from sweeps.progress import SweepProgress, best_rows, close_live, knob_text, print_table
+from sweeps.quiet import active_log, attach_log, route_libraries
 from sweeps.secrets import move_credentials_to_env, redact
 from sweeps.spec import SweepSpec, from_dict_spec
 from sweeps.status import TrialRunStatus, forget, settle_open_runs, tune_trials, unended_trials
@@ -162,6 +164,7 @@ def connect_ray(
     remembers. ``env_vars`` reach the trials (a job's own variables already do)."""
     import ray
 
+    route_libraries()  # Ray's terminal handler exists from its import on
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
@@ -174,6 +177,7 @@ def connect_ray(
         with _loopback_only():
             ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
                      log_to_driver=False, runtime_env=runtime_env)  # fmt: skip
+    route_libraries()
 
 
 def check_resources(spec: SweepSpec, autoscaling: bool = False) -> list[str]:
@@ -259,6 +263,8 @@ def _searcher(spec: SweepSpec, record: SweepRecord) -> Any:
     from sweeps.searcher import SweepOptunaSearch
     from sweeps.searchers import SAMPLERS
 
+    optuna.logging.get_logger("optuna")  # installs Optuna's terminal handler, now, to route it
+    route_libraries()
     metrics, modes = _objective(spec)
     searcher = SweepOptunaSearch(
         space=define_by_run(spec.space.name, spec.space.overrides, spec.replicate_seeds()),
@@ -319,6 +325,7 @@ def run_sweep(
     sweep_id = new_sweep_id(spec.name)
     path = os.path.join(spec.storage.path, sweep_id)
     lock = SweepLock(path, "compsweep run").acquire()
+    attach_log(path)
     try:
         env_vars = _forwarded(forward_env or [])
         # Importing MLflow and opening its store take seconds of CPU; starting Ray mostly waits
@@ -365,6 +372,8 @@ def run_sweep(
                 # A finished trial's process, with torch and mlflow imported, serves the next
                 # trial: saves seconds of start-up per trial. train_trial leaves no state behind.
                 reuse_actors=True,
+                # "t03-<id>": trial processes name their MLflow run after their number.
+                trial_name_creator=tune_trial_name,
             ),
             run_config=_run_config(spec, record, stream),
         )
@@ -413,6 +422,7 @@ def _fit(tuner: Any, record: SweepRecord, lock: SweepLock, stream: TextIO | None
     forget(record.sweep_id)
     heartbeat = DriverHeartbeat(record.tracking_uri, record.parent_run_id, lock, stream).start()
     crash = None
+    route_libraries()
     try:
         tuner.fit()
     except Exception as e:  # Tune itself failed: settle and count what ran, then say why
@@ -420,6 +430,7 @@ def _fit(tuner: Any, record: SweepRecord, lock: SweepLock, stream: TextIO | None
             f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:500] if str(e).strip() else ''}"
         )
     finally:
+        close_live()
         heartbeat.stop()
     record.outcome = _finish(record, stream, heartbeat.stop_request, crash)
 
@@ -440,6 +451,7 @@ def resume_sweep(
 
     record = SweepRecord.load(path)
     lock = SweepLock(record.path, "compsweep resume").acquire()
+    attach_log(record.path)
     try:
         if lock.taken_over is not None:
             _say(
@@ -508,6 +520,7 @@ def trial_rows(record: SweepRecord, runs: list | None = None) -> list[dict[str, 
             {
                 **run.data.metrics,
                 "trial": tid,
+                "label": label_of_run_name(run.info.run_name or ""),
                 "status": run_state(run.info.status, dict(run.data.tags)),
                 "knobs": knob_text(
                     {k: v for k, v in run.data.params.items() if k.startswith("knob.")}
@@ -576,6 +589,9 @@ def _finish(
     if ui:
         _say(stream, ui)
     _say(stream, f"Sweep state: {record.path}")
+    log = active_log()
+    if log is not None and log.path is not None and log.warnings:
+        _say(stream, f"Ray, Optuna and MLflow logged {log.warnings} warning(s): {log.path}")
     return outcome
 
 
@@ -591,12 +607,8 @@ def _stop_requested(record: SweepRecord) -> str | None:
 
 
 def _ui_hint(record: SweepRecord) -> str:
-    link = f"#/experiments/{record.experiment_id}/runs?workflowType=machine_learning"
-    if record.tracking_uri.startswith("sqlite"):
-        return f"Browse it with `compsweep ui` and open http://127.0.0.1:5000/{link}"
-    if record.tracking_uri.startswith(("http://", "https://")):
-        return f"Browse it at {record.tracking_uri.rstrip('/')}/{link}"
-    return ""
+    spec = from_dict_spec(record.spec)
+    return browse_hint(record.tracking_uri, record.experiment_id, order_by=_objective(spec)[0][0])
 
 
 def _close_parent(record: SweepRecord, outcome: Outcome) -> None:

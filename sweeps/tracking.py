@@ -1,4 +1,5 @@
-"""The MLflow side of a sweep (DESIGN §7): experiment, parent run, and one child run per trial.
+"""The MLflow side of a sweep (docs/design.md §7): experiment, parent run, and one child run
+per trial.
 
 The driver uses the plain helpers (:func:`ensure_experiment`, :func:`start_sweep_run`, …).
 Trial processes use :class:`TrialTracker`, which never blocks training on the network: points

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import yaml
 
+from sweeps.naming import fixed_knobs, run_name, trial_label
 from sweeps.spec import SweepSpec, from_dict_spec, trial_train_dict
 from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker
 from trainers.callbacks import Callback
@@ -92,6 +93,15 @@ def _prefixed(knobs: dict[str, Any]) -> dict[str, Any]:
     return {f"knob.{k}": v for k, v in knobs.items()}
 
 
+def set_trial_threads(cfg: Any, cpus: float) -> None:
+    """Unless ``run.threads`` says otherwise, one torch thread per CPU the trial holds: its
+    process may see every core of the node, and oversubscribed torch threads crawl. Set on
+    the parsed config only: config.yaml, and so `best` and the final training, keep what the
+    user wrote (the final training then defaults to the CPUs of its own machine)."""
+    if cfg.run.threads is None:
+        cfg.run.threads = max(1, int(cpus))
+
+
 def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     """The Tune trainable. ``config`` holds the searched knobs; ``sweep`` the fixed sweep facts
     (spec, sweep id, tracking URI, experiment id, parent run id)."""
@@ -113,8 +123,7 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     train_dict = trial_train_dict(spec, knobs)
     cfg = parse_train_config(train_dict, "trial config")
     trial_id = tune.get_context().get_trial_id()
-    # One intra-op thread per CPU the trial holds: oversubscribed torch threads crawl.
-    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    set_trial_threads(cfg, spec.resources.cpus)
 
     trainer_state = tracker_state = None
     checkpoint = tune.get_checkpoint()
@@ -132,6 +141,12 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         sweep_id=sweep["sweep_id"],
         parent_run_id=sweep["parent_run_id"],
         trial_id=trial_id,
+        run_name=run_name(
+            cfg.compression.method,
+            knobs,
+            trial_label(tune.get_context().get_trial_name() or trial_id),
+            fixed_knobs(spec.space.overrides),
+        ),  # fmt: skip
         state=tracker_state,
     )
     # Where this attempt runs (a restored trial may land on another node).

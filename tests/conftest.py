@@ -26,7 +26,7 @@ def tiny_config():
                 "params": {"rate": 0.5},
                 "targets": {"min_params": 10},
             },
-            "run": {"steps": 20, "seed": 0, "device": "cpu", "eval_every": 0.5},
+            "run": {"steps": 20, "seed": 0, "device": "cpu", "eval_every": 0.5, "threads": 1},
         }
         for key, value in sections.items():
             base[key] = {**base.get(key, {}), **value}

@@ -63,7 +63,8 @@ def _write_mnist_like(d: Path, n_train: int = 12, n_test: int = 5, gz: bool = Tr
 
 def test_digits_shapes_split_and_normalisation() -> None:
     splits = load_dataset("digits", batch_size=64, test_batch_size=100)
-    assert splits.info == DataInfo(input_shape=(1, 8, 8), num_classes=10)
+    assert (splits.info.input_shape, splits.info.num_classes) == ((1, 8, 8), 10)
+    assert splits.info.raw.shape == (64,) and splits.info.raw.divisor == 16.0  # sklearn's 0-16
     train, val, test = splits.train, splits.val, splits.test
     assert all(isinstance(s, BatchSource) for s in (train, val, test))
     # 1437 training images: 10% (144) held out for validation; the 360 test images untouched
@@ -374,7 +375,8 @@ def test_idx_reader_through_root(tmp_path: Path) -> None:
     splits = load_dataset(
         "mnist", root=str(tmp_path), batch_size=4, test_batch_size=2, val_fraction=0
     )
-    assert splits.info == DataInfo(input_shape=(1, 28, 28), num_classes=10)
+    assert (splits.info.input_shape, splits.info.num_classes) == ((1, 28, 28), 10)
+    assert (splits.info.raw.shape, splits.info.raw.dtype) == ((28, 28), "uint8")
     assert splits.train.num_samples == 12 and splits.test.num_samples == 5
     raw = torch.from_numpy(arrays["train-images-idx3-ubyte"].astype(np.float32))
     expected = (raw / 255.0 - 0.1307) / 0.3081
@@ -396,7 +398,8 @@ def test_idx_reader_torchvision_layout_uncompressed(tmp_path: Path) -> None:
 
 def test_fashion_mnist_system_copy() -> None:
     splits = load_dataset("fashion_mnist", batch_size=20, limit_train=100, limit_test=50)
-    assert splits.info == DataInfo(input_shape=(1, 28, 28), num_classes=10)
+    assert (splits.info.input_shape, splits.info.num_classes) == ((1, 28, 28), 10)
+    assert (splits.info.raw.shape, splits.info.raw.dtype) == ((28, 28), "uint8")
     assert splits.train.num_samples == 90 and splits.val.num_samples == 10
     assert splits.test.num_samples == 50
     assert len(splits.train) == 4

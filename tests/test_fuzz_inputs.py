@@ -143,6 +143,7 @@ def sealed(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow  # 2400 cases: a fifth of the unit tests' time; `make test` runs it
 def test_fuzzed_specs_configs_and_set_lines_never_crash(sealed):
     work, asked = sealed
     bases = [("run", yamlio.load_file(p)) for p in SPECS] + [

@@ -80,7 +80,10 @@ def test_pnr_larger_than_run_is_a_config_error(tiny_config):
 def test_metrics_follow_their_definitions(tiny_config):
     """e_w, delta_w and ΔL/L as the metric catalogue defines them, checked by hand."""
     t = Trainer(
-        tiny_config(compression={"method": "weight_decay", "params": {"theta": 0.2}, "pnr": 4})
+        tiny_config(
+            compression={"method": "weight_decay", "params": {"theta": 0.2}, "pnr": 4},
+            run={"measure_every": 1},
+        )
     )
 
     seen = {}
@@ -103,6 +106,47 @@ def test_metrics_follow_their_definitions(tiny_config):
     t.fit()
     for key, (expected, got) in seen.items():
         assert got == pytest.approx(expected, rel=1e-5), key
+
+
+def test_probe_losses_are_measured_every_kth_event_and_at_evaluations(tiny_config):
+    """e_w is exact at every event; the probe losses at every measure_every-th event (counted
+    from the first) and at each evaluation's event, so the series say which were measured."""
+    rec = Recorder()
+    cfg = tiny_config(
+        run={"steps": 40, "eval_every": 1.0, "measure_every": 4}, compression={"pnr": 3}
+    )
+    Trainer(cfg, [rec]).fit()
+    evaluated = {s for s, _ in rec.evaluations}
+    assert all({"e_w", "e_w_per_pnr", "delta_w"} <= m.keys() for _, m in rec.distortions)
+    measured = [i for i, (_, m) in enumerate(rec.distortions) if "loss_pre" in m]
+    expected = [i for i, (s, _) in enumerate(rec.distortions) if i % 4 == 0 or s in evaluated]
+    assert measured == expected and len(measured) < len(rec.distortions)
+    assert all(
+        {"loss_post", "delta_loss_ratio"} <= m.keys()
+        for i, (_, m) in enumerate(rec.distortions)
+        if i in measured
+    )
+
+
+@pytest.mark.parametrize(
+    "probe,batch,pnr,budget,k", [(50, 50, 1, 0.02, 34), (50, 50, 10, 0.02, 4), (50, 50, 100, 0.02, 1),
+                                 (25, 50, 1, 0.1, 4), (3, 3, 1, 1.0, 1)],
+)  # fmt: skip
+def test_default_measure_interval_keeps_the_cost_within_budget(probe, batch, pnr, budget, k):
+    from trainers.loop import auto_measure_every
+
+    assert auto_measure_every(probe, batch, pnr, budget) == k
+    # the cost model: two probe forwards per measurement vs three forwards per training step
+    assert 2 * probe / (3 * batch) / (k * pnr) <= budget + 1e-12
+
+
+@pytest.mark.parametrize(
+    "run,field", [({"measure_every": 0}, "run.measure_every"), ({"measure_budget": 0}, "run.measure_budget"),
+                  ({"measure_budget": 1.5}, "run.measure_budget")],
+)  # fmt: skip
+def test_bad_measurement_settings_are_config_errors(tiny_config, run, field):
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        tiny_config(run=run)
 
 
 def test_probe_loss_changes_nothing(tiny_config):
@@ -272,3 +316,32 @@ def test_tucker2_targets_convs_by_default_and_linear_only_when_named():
     assert "fc1.weight" in select_targets(model, TargetConfig(), make_distortion("prune", rate=0.5))
     named = select_targets(model, TargetConfig(include=["conv2.weight", "fc1.weight"]), tucker)
     assert list(named) == ["conv2.weight", "fc1.weight"]
+
+
+def test_e_w_counts_targets_a_distortion_leaves_untouched(tiny_config):
+    """A distortion may hand a tensor back as it was: it adds nothing to e_w but its weights
+    still count in the mean, as for any unchanged weight."""
+    from trainers.distortions.weight_decay import WeightDecay
+
+    class DecayFirstOnly(WeightDecay):
+        def apply(self, weights, ctx):
+            first = next(iter(weights))
+            return {n: (w * 0.5 if n == first else w) for n, w in weights.items()}
+
+    rec = Recorder()
+    t = Trainer(
+        tiny_config(compression={"method": "weight_decay", "params": {"theta": 0.5}}), [rec]
+    )
+    t.distortion = DecayFirstOnly(theta=0.5)
+    first, *_ = t.targets.values()
+    total = sum(p.numel() for p in t.targets.values())
+    seen = []
+
+    class Expect(Callback):
+        def on_distortion(self, trainer, step, metrics):
+            # the first target now holds w/2, so its |w - h(w)| sums to Σ|h(w)|
+            seen.append((first.detach().abs().sum().item() / total, metrics["e_w"]))
+
+    t.callbacks.append(Expect())
+    t.fit()
+    assert seen and all(got == pytest.approx(want, rel=1e-5) for want, got in seen)

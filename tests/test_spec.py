@@ -46,6 +46,7 @@ def test_shipped_specs_include_every_promised_kind():
         "lenet5_prune",
         "lenet5_tiled_svd",
         "lenet5_tucker2",
+        "lenet5_cp",
         "digits_weight_decay",
         "digits_uniform_noise",
         "digits_mixed",

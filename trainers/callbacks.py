@@ -23,7 +23,9 @@ class Callback:
         """Once, before the first step (also on resume)."""
 
     def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        """After every distortion event: e_w, e_w_per_pnr, delta_w, loss_pre, loss_post, delta_loss_ratio."""
+        """After every distortion event: e_w, e_w_per_pnr, delta_w; at measured events (every
+        ``run.measure_every``-th and each evaluation's) also loss_pre, loss_post and
+        delta_loss_ratio."""
 
     def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         """After every evaluation: epoch, train_loss, val_acc_pre (at a distortion event),
@@ -78,7 +80,9 @@ class ConsoleProgress(Callback):
 
     def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         d = self._last_distortion
-        extra = f"  e_w {d['e_w']:.2e}  dL/L {d['delta_loss_ratio']:+.3f}" if d else ""
+        extra = f"  e_w {d['e_w']:.2e}" if d else ""
+        if "delta_loss_ratio" in d:  # measured at every evaluation's event
+            extra += f"  dL/L {d['delta_loss_ratio']:+.3f}"
         shown = ("train_loss", "val_acc_pre", "val_accuracy", "test_accuracy")
         self._print(
             f"epoch {metrics['epoch']:6.2f}  step {step:>6}/{trainer.total_steps}  "

@@ -182,6 +182,21 @@ class RunConfig(Section):
     probe_batch_size: PositiveInt | None = Field(
         None, description="batch for loss_pre/loss_post; default the training batch"
     )
+    measure_every: PositiveInt | None = Field(
+        None,
+        description="measure loss_pre/loss_post at every N-th distortion event (and at each "
+        "evaluation); default: the smallest N whose measurements stay within measure_budget",
+    )
+    measure_budget: float = Field(
+        0.02,
+        gt=0,
+        le=1,
+        description="share of the training compute the loss measurements of distortion events "
+        "may take, which sets the default measure_every",
+    )
+    threads: PositiveInt | None = Field(
+        None, description="torch intra-op threads; default one per CPU available to the process"
+    )
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     flush_subnormals: bool = Field(True, description="CPU: read and write subnormals as 0")
 
@@ -229,10 +244,10 @@ def _relaxed(tp: Any) -> Any:
         return functools.reduce(operator.or_, (_relaxed(a) for a in typing.get_args(tp)))
     if origin in (tuple, list, abc.Sequence, abc.Iterable):
         args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return list[_relaxed(args[0]) if len(set(args)) == 1 else Any]
+        return list[_relaxed(args[0]) if len(set(args)) == 1 else Any]  # type: ignore[misc]
     if origin is dict:
         key, value = typing.get_args(tp) or (str, Any)
-        return dict[key, _relaxed(value)]
+        return dict[key, _relaxed(value)]  # type: ignore[misc]
     return Any
 
 
@@ -307,7 +322,7 @@ def _option_problems(data: Mapping[str, Any], problems: list[Problem]) -> list[P
     out = []
     for sec, registry, noun in (("data", DATASETS, "dataset"), ("model", MODELS, "model")):
         if _sound(problems, f"{sec}.name") and _sound(problems, f"{sec}.options"):
-            name = _given(data, sec, "name", TrainConfig.model_fields[sec].default_factory().name)
+            name = _given(data, sec, "name", TrainConfig.model_fields[sec].default_factory().name)  # type: ignore[call-arg,misc]
             options = _given(data, sec, "options", {})
             out += call_problems(
                 registry[name], options, f"{sec}.options", f"{noun} {name!r}", "option", 1

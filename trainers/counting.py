@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,8 +26,8 @@ def layer_macs(
     macs: dict[str, int] = {}
     handles = []
 
-    def hook(name: str):
-        def fn(mod: nn.Module, inputs, output) -> None:
+    def hook(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
             if isinstance(mod, nn.Conv2d):
                 k = mod.kernel_size[0] * mod.kernel_size[1] * (mod.in_channels // mod.groups)
                 macs[name] = macs.get(name, 0) + output.numel() * k

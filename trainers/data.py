@@ -31,12 +31,14 @@ import struct
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
+
+from trainers.inputs import RawInput
 
 __all__ = [
     "DATASETS",
@@ -87,12 +89,15 @@ class DataInfo:
         num_classes: Number of classes, or the vocabulary size for language modelling.
         task: ``"classification"`` or ``"language_model"``.
         input_dtype: ``torch.float32`` for images, ``torch.long`` for token ids.
+        raw: the samples' format before preprocessing, for models handed to users (None:
+            the inputs are used as they come).
     """
 
     input_shape: tuple[int, ...]
     num_classes: int
     task: str = "classification"
     input_dtype: torch.dtype = torch.float32
+    raw: RawInput | None = None
 
 
 @runtime_checkable
@@ -291,7 +296,7 @@ def random_crop_flip(x: Tensor, g: torch.Generator, padding: int = 4) -> Tensor:
 # File readers
 
 
-_IDX_DTYPES = {
+_IDX_DTYPES: dict[int, np.dtype[Any]] = {
     0x08: np.dtype(np.uint8),
     0x09: np.dtype(np.int8),
     0x0B: np.dtype(">i2"),
@@ -434,7 +439,7 @@ def _tensor_splits(
     valid = None
     if xva is not None:
         valid = TensorBatches(
-            xva.contiguous().to(dev), yva.contiguous().to(dev), cfg.test_batch_size
+            xva.contiguous().to(dev), cast(Tensor, yva).contiguous().to(dev), cfg.test_batch_size
         )
     test = TensorBatches(xte.contiguous().to(dev), yte.contiguous().to(dev), cfg.test_batch_size)
     return DataSplits(train=train, val=valid, test=test, info=info)
@@ -450,7 +455,11 @@ def _load_digits(cfg: _Config) -> DataSplits:
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=360, stratify=y, random_state=0)
     mean, std = xtr.mean(), xtr.std()
     xtr, xte = (xtr - mean) / std, (xte - mean) / std
-    info = DataInfo(input_shape=(1, 8, 8), num_classes=10)
+    raw = RawInput(
+        shape=(64,), dtype="float64", divisor=16.0, mean=(float(mean),), std=(float(std),),
+        description="8x8 digit images as 64 pixel values 0-16 (sklearn.datasets.load_digits)",
+    )  # fmt: skip
+    info = DataInfo(input_shape=(1, 8, 8), num_classes=10, raw=raw)
     return _tensor_splits(
         cfg,
         torch.from_numpy(xtr).reshape(-1, 1, 8, 8),
@@ -486,14 +495,18 @@ def _load_idx_dataset(
         )
 
     def load(images: str, labels: str, limit: int | None) -> tuple[Tensor, Tensor]:
-        x = _limit(read_idx(_idx_path(d, _IDX_FILES[images])), limit)
-        y = _limit(read_idx(_idx_path(d, _IDX_FILES[labels])), limit)
+        x = _limit(read_idx(cast(Path, _idx_path(d, _IDX_FILES[images]))), limit)
+        y = _limit(read_idx(cast(Path, _idx_path(d, _IDX_FILES[labels]))), limit)
         xt = torch.from_numpy(x.astype(np.float32) / 255.0).unsqueeze(1)
         return (xt - stats[0]) / stats[1], torch.from_numpy(y.astype(np.int64))
 
     xtr, ytr = load("train_images", "train_labels", cfg.limit_train)
     xte, yte = load("test_images", "test_labels", cfg.limit_test)
-    info = DataInfo(input_shape=tuple(xtr.shape[1:]), num_classes=10)
+    raw = RawInput(
+        shape=tuple(xtr.shape[2:]), dtype="uint8", divisor=255.0, mean=(stats[0],),
+        std=(stats[1],), description=f"{name} images as uint8 pixel values 0-255 (IDX files)",
+    )  # fmt: skip
+    info = DataInfo(input_shape=tuple(xtr.shape[1:]), num_classes=10, raw=raw)
     return _tensor_splits(cfg, xtr, ytr, xte, yte, info)
 
 
@@ -559,7 +572,11 @@ def _load_cifar10(cfg: _Config, augment: bool = False) -> DataSplits:
 
     xtr, ytr = load(True, cfg.limit_train)
     xte, yte = load(False, cfg.limit_test)
-    info = DataInfo(input_shape=(3, 32, 32), num_classes=10)
+    raw = RawInput(
+        shape=(32, 32, 3), dtype="uint8", divisor=255.0, mean=_CIFAR10_MEAN, std=_CIFAR10_STD,
+        channels_last=True, description="32x32 RGB images, channels last, uint8 0-255",
+    )  # fmt: skip
+    info = DataInfo(input_shape=(3, 32, 32), num_classes=10, raw=raw)
     return _tensor_splits(
         cfg, xtr, ytr, xte, yte, info, transform=random_crop_flip if augment else None
     )

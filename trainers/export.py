@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -87,7 +88,7 @@ def _layer_macs(model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype
     macs = 0
     handles = []
 
-    def hook(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def hook(mod: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
         nonlocal macs
         macs += mod.forward_macs(output)
 

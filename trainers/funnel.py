@@ -1,4 +1,5 @@
-"""Funnel-regularized Tucker-2: rank selection by gates (DESIGN §4, the funnel paper).
+"""Funnel-regularized Tucker-2: rank selection by gates (docs/design.md §4; the funnel
+paper).
 
 1. **Decompose** every target conv at full rank with Tucker-2 (HOSVD, exact): ``1×1 S→R_s``,
    ``d×d core R_s→R_t`` (the conv's stride / padding / dilation), ``1×1 R_t→T`` (its bias).
@@ -28,7 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -103,7 +104,7 @@ def c_value(
 
 
 def _three_layers(
-    linear: bool, s: int, t: int, r_s: int, r_t: int, geometry: nn.Module, bias: bool
+    linear: bool, s: int, t: int, r_s: int, r_t: int, geometry: Any, bias: bool
 ) -> list[nn.Module]:
     """Empty ``S→R_s``, core ``R_s→R_t`` and ``R_t→T`` layers; a conv core takes the kernel size,
     stride, padding and dilation of ``geometry`` (a conv)."""
@@ -120,7 +121,7 @@ def _three_layers(
     ]
 
 
-def _dense_layer(linear: bool, s: int, t: int, geometry: nn.Module, bias: bool) -> nn.Module:
+def _dense_layer(linear: bool, s: int, t: int, geometry: Any, bias: bool) -> nn.Module:
     if linear:
         return nn.Linear(s, t, bias=bias)
     return nn.Conv2d(s, t, geometry.kernel_size, bias=bias, **conv_args(geometry))
@@ -128,7 +129,7 @@ def _dense_layer(linear: bool, s: int, t: int, geometry: nn.Module, bias: bool) 
 
 def _dims(seq: nn.Sequential) -> tuple[bool, int, int]:
     """``(is linear, S, T)`` of a three-layer decomposition."""
-    first, _, last = seq
+    first, _, last = cast(Any, seq)
     if isinstance(first, nn.Linear):
         return True, first.in_features, last.out_features
     return False, first.in_channels, last.out_channels
@@ -145,9 +146,9 @@ def decompose_gated(module: nn.Module) -> nn.Sequential:
     unfolding has a lower rank than its size, e.g. a dead channel) is left out: it contributes
     nothing and a zero vector has no direction for weight norm.
     """
-    check_restructurable(module, module.weight, "funnel")
+    check_restructurable(module, cast(torch.Tensor, module.weight), "funnel")
     linear = isinstance(module, nn.Linear)
-    w = module.weight.detach()
+    w = cast(torch.Tensor, module.weight).detach()
     with torch.no_grad():
         core, p_s, p_t = tucker2_factors(w.double(), *tucker2_ranks(w.shape, 1.0))
         flat = core.reshape(core.shape[0], core.shape[1], -1)
@@ -165,9 +166,9 @@ def decompose_gated(module: nn.Module) -> nn.Sequential:
         else:
             values = [p_s.T[..., None, None], core, p_t[..., None, None]]
         for layer, value in zip(layers, values, strict=True):
-            layer.weight.copy_(value)
+            cast(torch.Tensor, layer.weight).copy_(value)
         if module.bias is not None:
-            layers[2].bias.copy_(module.bias.detach())
+            cast(torch.Tensor, layers[2].bias).copy_(cast(torch.Tensor, module.bias).detach())
     for layer, dim in zip(layers, (0, 0, 1), strict=True):
         weight_norm(layer, "weight", dim=dim)  # g = ‖v‖ per factor vector
     return _like(nn.Sequential(*layers), w, module.training)  # type: ignore[return-value]
@@ -183,7 +184,7 @@ def is_gated(mod: nn.Module) -> bool:
 
 def gate_params(seq: nn.Sequential) -> list[nn.Parameter]:
     """The gate parameters ``[g_S, g_core, g_T]`` of a gated layer."""
-    return [m.parametrizations.weight.original0 for m in seq]
+    return [cast(Any, m).parametrizations.weight.original0 for m in seq]
 
 
 def layer_gates(seq: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -226,7 +227,7 @@ def compress_gated(
     Returns the plain replacement module (no parametrization left) and a summary: full and kept
     ranks, whether it stays decomposed, and both MAC counts (per sample).
     """
-    first, core, last = seq
+    first, core, last = cast(Any, seq)
     linear, s, t = _dims(seq)
     keep_s, keep_t = keep_masks(seq, threshold)
     with torch.no_grad():
@@ -243,7 +244,7 @@ def compress_gated(
         if decomposed:
             layers = _three_layers(linear, s, t, r_s, r_t, core, bias)
             for layer, value in zip(layers, (w1, w2, w3), strict=True):
-                layer.weight.copy_(value)
+                cast(torch.Tensor, layer.weight).copy_(value)
             new: nn.Module = nn.Sequential(*layers)
             out = layers[2]
         else:
@@ -253,9 +254,9 @@ def compress_gated(
             else:
                 dense = torch.einsum("tb,baij,as->tsij", c[:, :, 0, 0], b, a[:, :, 0, 0])
             new = out = _dense_layer(linear, s, t, core, bias)
-            new.weight.copy_(dense)
+            cast(torch.Tensor, new.weight).copy_(dense)
         if bias:
-            out.bias.copy_(last.bias.detach())
+            cast(torch.Tensor, out.bias).copy_(last.bias.detach())
     summary = {
         "ranks_full": [int(first.weight.shape[0]), int(core.weight.shape[0])],
         "ranks_kept": [r_s, r_t],
@@ -268,12 +269,12 @@ def compress_gated(
 
 def compressed_skeleton(seq: nn.Sequential, summary: Mapping[str, Any]) -> nn.Module:
     """An (uninitialised) module of the structure :func:`compress_gated` made of ``seq``."""
-    _, core, last = seq
+    _, core, last = cast(Any, seq)
     linear, s, t = _dims(seq)
     bias = last.bias is not None
     if summary["decomposed"]:
         new: nn.Module = nn.Sequential(
-            *_three_layers(linear, s, t, *summary["ranks_kept"], core, bias)
+            *_three_layers(linear, s, t, *summary["ranks_kept"], core, bias)  # type: ignore[call-arg]
         )
     else:
         new = _dense_layer(linear, s, t, core, bias)
@@ -440,7 +441,11 @@ class Funnel(MethodRecipe):
             except ValueError as e:
                 raise ValueError(f"funnel: target {name!r}: {e}") from None
             model = _replace(model, name, gated)
-        self._gates = [g for name in self._names for g in gate_params(model.get_submodule(name))]
+        self._gates = [
+            g
+            for name in self._names
+            for g in gate_params(cast(nn.Sequential, model.get_submodule(name)))
+        ]
         return model
 
     def extra_loss(self, model: nn.Module, epoch: int) -> torch.Tensor:
@@ -448,7 +453,10 @@ class Funnel(MethodRecipe):
         return self.lam * self._penalty(gates, self.c_at(epoch)).sum()
 
     def _gate_table(self, model: nn.Module) -> dict[str, tuple[torch.Tensor, ...]]:
-        return {name: layer_gates(model.get_submodule(name)) for name in self._names}
+        return {
+            name: layer_gates(cast(nn.Sequential, model.get_submodule(name)))
+            for name in self._names
+        }
 
     def report(self, model: nn.Module, phase: str) -> PhaseReport:
         if phase == "decompose":
@@ -483,7 +491,9 @@ class Funnel(MethodRecipe):
         layers: dict[str, dict[str, Any]] = {}
         for name in self._names:
             new, summary = compress_gated(
-                model.get_submodule(name), self.threshold, *self._positions[name]
+                cast(nn.Sequential, model.get_submodule(name)),
+                self.threshold,
+                *self._positions[name],
             )
             model = _replace(model, name, new)
             layers[name] = summary
@@ -507,7 +517,11 @@ class Funnel(MethodRecipe):
 
     def restore(self, model: nn.Module, state: dict[str, Any]) -> nn.Module:
         for name, summary in state["layers"].items():
-            model = _replace(model, name, compressed_skeleton(model.get_submodule(name), summary))
+            model = _replace(
+                model,
+                name,
+                compressed_skeleton(cast(nn.Sequential, model.get_submodule(name)), summary),
+            )
         self._compressed = dict(state["layers"])
         self._gates = []
         return model
@@ -521,8 +535,8 @@ def _record_positions(
     positions: dict[str, tuple[int, int]] = {}
     handles = []
 
-    def hook(name: str):
-        def fn(mod: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+    def hook(name: str) -> Callable[..., None]:
+        def fn(mod: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
             x = inputs[0]
             if isinstance(mod, nn.Linear):
                 positions[name] = (x.numel() // mod.in_features, output.numel() // mod.out_features)

@@ -60,7 +60,7 @@ class MethodRecipe:
     def validate(self, weights: Mapping[str, torch.Tensor]) -> list[str]:
         return []
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
     # -- training hooks -------------------------------------------------------------------

@@ -27,7 +27,7 @@ BUILT_IN_DATA = ("digits", "synthetic", "synthetic_text")  # generated or shippe
 _INFO: dict[str, DataInfo] = {}
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return " ".join(str(text).split())
 
 

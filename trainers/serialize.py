@@ -90,7 +90,7 @@ def _module_spec(name: str, mod: nn.Module) -> dict[str, Any]:
     return {"type": kind, "kwargs": kwargs}
 
 
-def _function_ref(fn: Callable) -> str:
+def _function_ref(fn: Callable[..., Any]) -> str:
     """``"module:qualname"`` that :func:`_resolve_function` maps back to ``fn`` itself."""
     mod = getattr(fn, "__module__", None) or ""
     for attr in (getattr(fn, "__name__", None), getattr(fn, "__qualname__", None)):
@@ -104,7 +104,7 @@ def _function_ref(fn: Callable) -> str:
     raise ValueError(f"save_exported: cannot name the function {fn!r} used in the forward pass")
 
 
-def _resolve_function(ref: str) -> Callable:
+def _resolve_function(ref: str) -> Callable[..., Any]:
     mod_name, _, attr = ref.partition(":")
     if mod_name == "builtins":
         if attr not in _BUILTINS:
@@ -238,7 +238,9 @@ def rebuild(spec: dict[str, Any], extra: dict[str, torch.Tensor] | None = None) 
     root = nn.Module()
     for path, mspec in spec["modules"].items():
         _set_path(
-            root, path, lambda parent, leaf, m=mspec: parent.add_module(leaf, _build_module(m))
+            root,
+            path,
+            lambda parent, leaf, m=mspec: parent.add_module(leaf, _build_module(m)),  # type: ignore[misc]
         )
     for path, a in spec["attributes"].items():
         dtype = getattr(torch, a["dtype"].removeprefix("torch."))

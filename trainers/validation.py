@@ -12,9 +12,9 @@ import difflib
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     MAX_LINE = 500  # a problem quoting a pasted or fuzzed value stays readable
 
     def __init__(self, problems: Iterable[Any], source: str = "config") -> None:
-        lines = (" ".join(str(p).split()) for p in problems)
+        lines: Iterable[str] = (" ".join(str(p).split()) for p in problems)
         self.problems = [
             t if len(t) <= self.MAX_LINE else t[: self.MAX_LINE - 3] + "..." for t in lines
         ]
@@ -97,7 +97,7 @@ class Noun:
 
 def literal_of(names: Iterable[str], noun: str = "value") -> Any:
     """``Literal[...]`` of a registry's names: the registry stays the one list of them."""
-    return Annotated[Literal[tuple(names)], Noun(noun)]  # type: ignore[valid-type]
+    return Annotated[Literal[tuple(names)], Noun(noun)]
 
 
 def did_you_mean(word: Any, valid: Iterable[Any]) -> str:
@@ -229,7 +229,7 @@ def problems_from(
             msg = f"missing{hint}"
         elif kind == "extra_forbidden":
             owner = annotation_at(model, loc[:-1])
-            valid = list(owner.model_fields) if _is_model(owner) else []
+            valid: Sequence[str] = list(owner.model_fields) if _is_model(owner) else []
             hint = did_you_mean(loc[-1], valid) or (
                 f" (valid: {', '.join(valid)})" if valid else ""
             )
@@ -265,9 +265,12 @@ def _is_model(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, BaseModel)
 
 
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
 def validate(
-    model: type[BaseModel], data: Any, prefix: str = ""
-) -> tuple[BaseModel | None, list[Problem]]:
+    model: type[ModelT], data: Any, prefix: str = ""
+) -> tuple[ModelT | None, list[Problem]]:
     """``(instance, [])`` or ``(None, problems)``; never raises on bad data."""
     try:
         return model.model_validate(data), []

@@ -17,6 +17,7 @@ REGISTRY: dict[str, str] = {
     "svd": "trainers.distortions.svd:SVD",
     "tiled_svd": "trainers.distortions.tiled_svd:TiledSVD",
     "tucker2": "trainers.distortions.tucker2:Tucker2",
+    "cp": "trainers.distortions.cp:CP",
     "nuclear": "trainers.distortions.nuclear:Nuclear",
     "funnel": "trainers.funnel:Funnel",  # a MethodRecipe (trainers.methods), not a Distortion
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -101,7 +101,7 @@ class Distortion:
         """
         return None
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """The knobs, for logging and for reproducing the distortion."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -123,7 +123,7 @@ class TiledLowRankConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = self._pads()
-        padding = self.padding
+        padding = cast("tuple[int, ...]", self.padding)  # a str padding is replaced just below
         if pads is not None:
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, pads, mode=mode)
@@ -193,4 +193,4 @@ def conv_args(conv: nn.Conv2d) -> dict[str, Any]:
 def copy_bias(dst: nn.Module, src: nn.Module) -> None:
     """Copy ``src``'s bias (if any) into ``dst``'s."""
     if src.bias is not None:
-        dst.bias.data.copy_(src.bias.detach())
+        cast(torch.Tensor, dst.bias).data.copy_(cast(torch.Tensor, src.bias).detach())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 
@@ -87,9 +88,9 @@ def divisors(n: int) -> list[int]:
     return sorted(set(small + [n // d for d in small]))
 
 
-def group_by_shape(weights: Mapping[str, torch.Tensor]) -> dict[tuple, list[str]]:
+def group_by_shape(weights: Mapping[str, torch.Tensor]) -> dict[tuple[Any, ...], list[str]]:
     """Parameter names grouped by (shape, dtype, device): each group stacks into one batch."""
-    groups: dict[tuple, list[str]] = {}
+    groups: dict[tuple[Any, ...], list[str]] = {}
     for name, w in weights.items():
         groups.setdefault((tuple(w.shape), w.dtype, w.device), []).append(name)
     return groups

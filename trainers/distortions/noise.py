@@ -6,6 +6,8 @@ with exactly the same noise and the training's own RNG stream is left untouched.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 
 from trainers.distortions.base import Distortion, DistortionContext
@@ -36,7 +38,9 @@ class UniformNoise(Distortion):
             raise ValueError(f"uniform_noise: a must be in [0, 1), got {a}")
         self.a = float(a)
 
-    def apply(self, weights, ctx: DistortionContext) -> dict[str, torch.Tensor]:
+    def apply(
+        self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
+    ) -> dict[str, torch.Tensor]:
         # One generator per event, drawn through in a fixed (name) order: reproducible.
         gens: dict[torch.device, torch.Generator] = {}
         out = {}
@@ -56,7 +60,9 @@ class GaussianNoise(Distortion):
             raise ValueError(f"gaussian_noise: eta must be >= 0, got {eta}")
         self.eta = float(eta)
 
-    def apply(self, weights, ctx: DistortionContext) -> dict[str, torch.Tensor]:
+    def apply(
+        self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
+    ) -> dict[str, torch.Tensor]:
         gens: dict[torch.device, torch.Generator] = {}
         out = {}
         for name, w in weights.items():

@@ -1,4 +1,5 @@
-"""Nuclear-norm compression-aware training by proximal SGD (DESIGN §5, Alvarez & Salzmann).
+"""Nuclear-norm compression-aware training by proximal SGD (docs/design.md §5; Alvarez &
+Salzmann).
 
 Minimises ``L + τ·Σ_l ‖Θ_l‖_*`` over the lowered target matrices ``Θ_l`` (conv ``T×(S·d·d)``,
 linear ``out×in``): plain SGD between proximal events — the trainer's distortion events, every
@@ -17,8 +18,8 @@ Post-processing: each layer keeps the smallest rank holding ``energy`` % of the 
 singular values and is exported as two layers (``K ≈ A·B``, the SVD export of
 :mod:`trainers.distortions.svd`) when that is cheaper than the dense layer (``r(m+n) < mn``),
 else it stays dense and untruncated. So that the trained model *is* the exported one (training
-ends on a distortion, DESIGN §3), the truncation happens at the last proximal event, and the
-export takes the (numerical) rank the weights then have. With ``energy = 100`` (default) the
+ends on a distortion, docs/design.md §3), the truncation happens at the last proximal event,
+and the export takes the (numerical) rank the weights then have. With ``energy = 100`` (default) the
 truncation drops only the singular values the soft-threshold already zeroed: no loss.
 """
 

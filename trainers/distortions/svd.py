@@ -9,6 +9,7 @@ by its best rank-r approximation; the exported layer is ``K ≈ A·B`` with ``A 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,7 +117,7 @@ class SVD(Distortion):
         # d×d conv S→r plus 1×1 conv r→T at the output resolution: r(m + n) MACs per position.
         return self.stored_params(name, w) / w.numel()
 
-    def export_layer(self, module: nn.Module, weight: torch.Tensor) -> nn.Module:
+    def export_layer(self, module: Any, weight: torch.Tensor) -> nn.Module:
         """``K ≈ A·B``: conv → ``d×d`` conv ``S→r`` (no bias, original stride / padding /
         dilation) then ``1×1`` conv ``r→T`` (original bias); linear → ``Linear(in, r,
         bias=False)`` then ``Linear(r, out)``."""
@@ -125,8 +126,8 @@ class SVD(Distortion):
         r = a.shape[1]
         has_bias = module.bias is not None
         if isinstance(module, nn.Linear):
-            first = nn.Linear(module.in_features, r, bias=False)
-            second = nn.Linear(r, module.out_features, bias=has_bias)
+            first: nn.Linear | nn.Conv2d = nn.Linear(module.in_features, r, bias=False)
+            second: nn.Linear | nn.Conv2d = nn.Linear(r, module.out_features, bias=has_bias)
             first.weight.data.copy_(b)
             second.weight.data.copy_(a)
         else:

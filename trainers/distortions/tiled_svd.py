@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -156,7 +157,7 @@ class TiledSVD(Distortion):
         self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
     ) -> dict[str, torch.Tensor]:
         # All tiles are k×k whatever the layer: one batched SVD per (dtype, device).
-        groups: dict[tuple, list[str]] = {}
+        groups: dict[tuple[Any, ...], list[str]] = {}
         for name, w in weights.items():
             groups.setdefault((w.dtype, w.device), []).append(name)
         out: dict[str, torch.Tensor] = {}
@@ -185,7 +186,7 @@ class TiledSVD(Distortion):
         # Per output position each tile costs k·r (V) + k·r (U) MACs, the same as its storage.
         return self.stored_params(name, w) / w.numel()
 
-    def export_layer(self, module: nn.Module, weight: torch.Tensor) -> nn.Module:
+    def export_layer(self, module: Any, weight: torch.Tensor) -> nn.Module:
         """:class:`TiledLowRankConv2d` / :class:`TiledLowRankLinear` holding the tiles'
         factors (same arguments and bias as the dense layer)."""
         check_restructurable(module, weight, self.name)
@@ -193,8 +194,10 @@ class TiledSVD(Distortion):
         u, v = tiled_svd_factors(weight, k, r)
         has_bias = module.bias is not None
         if isinstance(module, nn.Linear):
-            new = TiledLowRankLinear(module.in_features, module.out_features, k, r, bias=has_bias)
-            factors = new
+            new: TiledLowRankLinear | TiledLowRankConv2d = TiledLowRankLinear(
+                module.in_features, module.out_features, k, r, bias=has_bias
+            )
+            factors = cast(TiledLowRankLinear, new)
         else:
             new = TiledLowRankConv2d(
                 module.in_channels, module.out_channels, module.kernel_size, k, r, bias=has_bias,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -146,7 +147,7 @@ class Tucker2(Distortion):
         # compression_report measures the real MACs of the exported model with hooks.
         return self.stored_params(name, w) / w.numel()
 
-    def export_layer(self, module: nn.Module, weight: torch.Tensor) -> nn.Module:
+    def export_layer(self, module: Any, weight: torch.Tensor) -> nn.Module:
         """Conv → ``1×1`` conv ``S→R_s``, ``d×d`` core conv ``R_s→R_t`` (original stride,
         padding, dilation), ``1×1`` conv ``R_t→T`` (original bias); linear → three linears
         ``S→R_s→R_t→T``."""
@@ -155,7 +156,7 @@ class Tucker2(Distortion):
         r_t, r_s = core.shape[:2]
         has_bias = module.bias is not None
         if isinstance(module, nn.Linear):
-            layers = [
+            layers: list[nn.Linear | nn.Conv2d] = [
                 nn.Linear(module.in_features, r_s, bias=False),
                 nn.Linear(r_s, r_t, bias=False),
                 nn.Linear(r_t, module.out_features, bias=has_bias),
