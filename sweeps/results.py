@@ -159,12 +159,17 @@ def run_analysis(
     the report and the plots to its parent run (``analysis/``); ``out_dir`` keeps a copy.
 
     Metrics are logged at step = the number of trials analyzed, so analyses of a running
-    sweep form a history. ``metric``: see :func:`analysis_metric`.
+    sweep form a history. ``metric``: see :func:`analysis_metric`. An analysis on another
+    metric than the sweep's own logs apart, so that neither overwrites the other:
+    ``e_opt.val_loss``, … and ``analysis/val_loss/``.
     """
     from sweeps.analysis_plots import plot_all
     from sweeps.analysis_report import report_lines, write_tables
 
-    a = analyze(load_trials(ref), bins=bins, metric=analysis_metric(ref, metric))
+    own = analysis_metric(ref)
+    metric = analysis_metric(ref, metric)
+    suffix, folder = ("", "analysis") if metric == own else (f".{metric}", f"analysis/{metric}")
+    a = analyze(load_trials(ref), bins=bins, metric=metric)
     keep = out_dir is not None
     out = Path(out_dir) if keep else Path(tempfile.mkdtemp(prefix="compsweep-analysis-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -177,9 +182,9 @@ def run_analysis(
     if a.centre is not None:
         metrics.update(e_opt=a.e_opt, e_opt_low=a.e_opt_low, e_opt_high=a.e_opt_high)
     for key, value in metrics.items():
-        client.log_metric(ref.parent_run_id, key, float(value), step=step)
+        client.log_metric(ref.parent_run_id, key + suffix, float(value), step=step)
     for f in files:
-        client.log_artifact(ref.parent_run_id, str(f), "analysis")
+        client.log_artifact(ref.parent_run_id, str(f), folder)
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     return a, files if keep else []

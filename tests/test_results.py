@@ -213,6 +213,14 @@ def test_analyze_on_runs_in_a_real_mlflow_server(mlflow_server, tmp_path, capsys
     assert "from 3 strength group(s) with an interior optimum" in out
     assert "missing metric(s): val_loss" in out  # the extra trials log no val_loss
     assert {"loss_vs_e_w_per_pnr.png", "loss_over_pnr.png"} <= {p.name for p in loss_dir.iterdir()}
+    # logged apart from the sweep's own analysis (val_accuracy here), which stays as it was
+    m = client.get_run(parent.info.run_id).data.metrics
+    assert (
+        m["e_opt.val_loss"] == pytest.approx(E_OPT, rel=0.10)
+        and m["e_opt"] == parent.data.metrics["e_opt"]
+    )
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "analysis/val_loss")}
+    assert "analysis/val_loss/report.txt" in logged
     assert main(["analyze", sweep_id, "--tracking-uri", mlflow_server.uri,
                  "--metric", "test_accuracy"]) == 2  # fmt: skip
     assert "never used to select" in capsys.readouterr().err
