@@ -233,14 +233,20 @@ def _end_diverged(
     )
 
 
-def _log_compressed_model(tracker: TrialTracker, trainer: Trainer) -> None:
-    """The exported (structurally compressed, where the method allows) model as an artifact."""
+def save_compressed_model(trainer: Trainer, path: str | Path) -> None:
+    """The exported (structurally compressed, where the method allows) model, behind the
+    dataset's raw-input adapter: like a registered model, it takes the raw samples."""
     from trainers.export import export, save_exported
+    from trainers.inputs import with_raw_input
 
     model = trainer.model
     if trainer.distortion is not None:
         model = export(trainer.model, trainer.distortion, list(trainer.targets))
+    save_exported(with_raw_input(model, trainer.info.raw, trainer.info.input_shape), str(path))
+
+
+def _log_compressed_model(tracker: TrialTracker, trainer: Trainer) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "compressed_model.pt"
-        save_exported(model, str(path))
+        save_compressed_model(trainer, path)
         tracker.log_artifact(str(path))

@@ -125,3 +125,22 @@ def test_registered_model_predicts_raw_digits_at_its_registered_accuracy(
     info = mlflow.models.get_model_info(uri)
     assert info.signature is not None and info.saved_input_example_info is not None
     assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 64]
+
+
+def test_a_trials_compressed_model_artifact_takes_raw_digits(tiny_config, tmp_path):
+    from sweeps.trial import save_compressed_model
+    from trainers.loop import Trainer
+    from trainers.serialize import load_exported
+
+    cfg = tiny_config(data={"name": "digits", "batch_size": 32, "options": {}}, run={"steps": 30})
+    trainer = Trainer(cfg)
+    trainer.fit()
+    save_compressed_model(trainer, tmp_path / "compressed_model.pt")
+    model = load_exported(tmp_path / "compressed_model.pt")
+    raw, labels = _raw_digits_test()
+    x, _ = next(iter(trainer.data.test.epoch(0, 0)))
+    with torch.no_grad():
+        trained = trainer.model.eval()(x).argmax(1)
+        served = model(torch.from_numpy(raw)).argmax(1)
+    assert torch.equal(served, trained)  # the same predictions, from pixel values 0-16
+    assert float((served == torch.from_numpy(labels)).float().mean()) > 0.5
