@@ -34,6 +34,8 @@ import requests
 import yaml
 from sweep_helpers import sweep_runs, tiny_spec
 
+from sweeps.naming import label_of_run_name
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 MULTIHOST_FILE = ROOT / "docker" / "compose.multihost.yml"
@@ -663,7 +665,10 @@ def test_mlflow_ui_shows_the_sweep_and_its_trials(cluster, sweep, mlflow_login, 
     exp = client.get_experiment_by_name(sweep["name"])
     parents, children = sweep_runs(cluster.mlflow_uri, sweep["name"])
     trial_names = sorted(r.info.run_name for r in children)
-    assert trial_names == sorted(r.data.tags["compsweep.trial_id"] for r in children)
+    # Runs are named by what they are: "prune r=0.80 pnr=13 · t03", one label per trial.
+    labels = [label_of_run_name(n) for n in trial_names]
+    assert all(n.startswith("prune r=") for n in trial_names), trial_names
+    assert all(labels) and len(set(labels)) == len(children), trial_names
 
     # The runs page, in the "Model training" view, best trial first (sorted, the trials are
     # listed flat; by default the UI shows them folded under the sweep's parent run).
