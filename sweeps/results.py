@@ -225,7 +225,6 @@ def best_configs(
         raise ValueError(
             f"sweep {ref.sweep_id} has no finished trial with a finite {metric!r} yet{why}"
         )
-    configs = _same_configuration(ranked)
     if pareto:
         by_run = {t.run_id: t for t in load_trials(ref)}
         chosen_ids = [t.run_id for t in pareto_front(by_run.values())]
@@ -233,6 +232,7 @@ def best_configs(
     else:
         # A configuration run with several seeds ranks by its mean: the luckiest seed of a
         # noisy replicate would flatter it.
+        configs = _same_configuration(ranked)
         chosen = sorted(configs, key=lambda rs: rank_key(metric, _mean(rs, metric)))[:top]
     keep = ("val_accuracy", "test_accuracy", "compression_ratio", "params", "macs",
             "mean_e_w_per_pnr", metric)  # fmt: skip
