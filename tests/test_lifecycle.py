@@ -72,8 +72,11 @@ def _finished_trials(uri: str, experiment: str) -> int:
 
 def test_stop_settles_every_run_and_only_one_of_two_resumes_runs(mlflow_server, tmp_path, ray_tmp):
     name = "lc-stop"
+    # Trials long enough (~10 s each on 2 cores, far more on a fast one than `compsweep stop`
+    # needs to start) that the sweep is still in flight when the stop request lands.
     spec = tiny_spec(name, mlflow_server.uri, str(tmp_path / "results"), trials=4, concurrent=1,
-                     steps=300, n_train=256)  # fmt: skip
+                     steps=2500, n_train=256)  # fmt: skip
+    spec["train"]["run"]["eval_every"] = 25.0
     env = _env(ray_tmp)
     driver = _start(["run", str(_write_spec(tmp_path, spec))], tmp_path, env)
     try:
@@ -83,10 +86,10 @@ def test_stop_settles_every_run_and_only_one_of_two_resumes_runs(mlflow_server, 
         (folder,) = (tmp_path / "results").iterdir()
         stop = subprocess.run([COMPSWEEP, "stop", str(folder)], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=180)  # fmt: skip
-        assert stop.returncode == 0 and "stopped (parent run KILLED)" in stop.stdout, (
-            stop.stdout + stop.stderr
-        )
         out, _ = driver.communicate(timeout=120)
+        assert stop.returncode == 0 and "stopped (parent run KILLED)" in stop.stdout, (
+            stop.stdout + stop.stderr + out[-3000:]
+        )
     finally:
         if driver.poll() is None:
             driver.kill()
