@@ -9,12 +9,15 @@ import logging
 
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeps.eopt_sampler import E_W_ATTR
+
 log = logging.getLogger(__name__)
 
 
 class SweepOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a diverged trial as FAIL, and survives a failed write of an
-    intermediate value.
+    """OptunaSearch that records a diverged trial as FAIL, hands each finished trial's
+    ``mean_e_w`` to the study (a user attr, for ``sampler: eopt``), and survives a failed write
+    of an intermediate value.
 
     A diverged trial ends without an error (so that Tune does not retry it) and with NaN
     objectives. OptunaSearch would tell Optuna COMPLETE with NaN, which Optuna refuses (a
@@ -32,6 +35,10 @@ class SweepOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if result and result.get("diverged"):
             return super().on_trial_complete(trial_id, result=None, error=True)
+        if result and E_W_ATTR in result and trial_id in self._ot_trials:
+            # The e_opt-guided sampler reads each finished trial's e_w from the study, so it
+            # goes there with the trial, before the tell (docs/design.md §9.1).
+            self._ot_trials[trial_id].set_user_attr(E_W_ATTR, float(result[E_W_ATTR]))
         return super().on_trial_complete(trial_id, result=result, error=error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
