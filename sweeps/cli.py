@@ -332,6 +332,11 @@ def _sweep_command(run) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     spec, _ = _load_spec(args.spec, args.set)
+    if args.eopt_from:
+        problem = _take_eopt_from(spec, args.eopt_from)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            return 2
     if args.check:
         print(f"{args.spec}: valid")
         return 0
@@ -340,6 +345,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = args.env
     return _sweep_command(lambda: run_sweep(spec, address=args.address, forward_env=env,
                                             autoscaling=args.autoscaling))  # fmt: skip
+
+
+def _take_eopt_from(spec: Any, sweep: str) -> str | None:
+    """Set ``spec.search.e_opt`` from an analyzed sweep; the problem, if any."""
+    from sweeps.eopt_source import given_eopt  # reads MLflow: imported when asked for
+    from sweeps.spec import GivenEopt
+
+    if spec.search.sampler != "eopt":
+        return (f"--eopt-from guides sampler eopt, but the spec's sampler is "
+                f"{spec.search.sampler!r}: set search.sampler: eopt in the spec, or add "
+                "--set search.sampler=eopt")  # fmt: skip
+    try:
+        spec.search.e_opt = GivenEopt(
+            **given_eopt(sweep, spec.tracking.uri, spec.objective.metrics[0])
+        )
+    except (FileNotFoundError, ValueError) as e:
+        return f"--eopt-from {sweep}: {e}"
+    return None
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -585,6 +608,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a spec field, e.g. --set budget.num_trials=4 (repeatable)",
     )
     p.add_argument("--check", action="store_true", help="only validate the spec")
+    p.add_argument(
+        "--eopt-from",
+        metavar="SWEEP",
+        help="sampler eopt: start from the e_opt that `compsweep analyze` found for this sweep "
+        "(folder or id), skipping the pilot",
+    )
     _add_env_arg(p)
     p.add_argument(
         "--autoscaling",

@@ -9,7 +9,7 @@ problem at once, one line each, naming its field. The YAML layout::
     space: {name: prune, overrides: {pnr: {low: 1, high: 500}, rate: 0.9}}
     budget: {num_trials: 12, max_concurrent: 2, time_budget_s: null}
     objective: {metrics: [val_accuracy, compression_ratio]}   # directions: the metric catalogue
-    search: {sampler: tpe}             # tpe | nsga2 | random | grid (replicates: seeds per cell)
+    search: {sampler: tpe}             # tpe | nsga2 | random | grid (replicates: seeds per cell) | eopt
     scheduler: {name: none}            # none | asha (grace_period, reduction_factor)
     resources: {cpus: 1, gpus: 0}      # per trial; fractional GPUs pack trials onto one GPU
     failure: {max_failures: 2}
@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from search_spaces import SPACES, branches, extreme_values, grid_space, override_problems, record
-from sweeps.searchers import SAMPLERS, SCHEDULERS
+from sweeps.searchers import SAMPLERS, SCHEDULERS, eopt_problems
 from trainers.config import (
     ConfigError,
     MethodName,
@@ -152,8 +152,28 @@ class ObjectiveSpec(Section):
         return [str(get_metric(m).direction) for m in self.metrics]
 
 
+class GivenEopt(Section):
+    """A known e_opt for ``sampler: eopt`` (``compsweep run --eopt-from`` fills it in)."""
+
+    value: float = Field(gt=0, description="e_opt, the weight change per step e_w/pNR")
+    low: float = Field(gt=0, description="the lower end of its range")
+    high: float = Field(gt=0, description="the upper end of its range")
+    source: str = Field("", description="where it was measured (a sweep id)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> GivenEopt:
+        if not self.low <= self.value <= self.high:
+            raise ValueError(
+                f"needs low <= value <= high, got {self.low}, {self.value}, {self.high}"
+            )
+        return self
+
+
 class SearchSpec(Section):
     sampler: SamplerName = Field("tpe", description="the Optuna sampler")
+    e_opt: GivenEopt | None = Field(
+        None, description="eopt only: a known e_opt, so the sampler skips its pilot"
+    )
     storage: Annotated[str, Field(min_length=1)] | None = Field(
         None,
         description="Optuna storage URL of the sweep's study (e.g. postgresql://...); null: "
@@ -545,6 +565,8 @@ def _rule_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
                     f"{', '.join(sorted(methods))})",
                 )
             )
+    if search:
+        p += eopt_problems(search, metrics, parts.space if space_ok else None)
     if search and search.sampler != "grid" and search.replicates != 1:
         p.append(
             Problem(
