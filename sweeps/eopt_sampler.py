@@ -15,8 +15,8 @@ e_w grows with pNR. The sampler runs in phases, each trial's recorded in its use
   interior optimum) or no e_w measured yet: TPE for the other knobs, a log-uniform pNR.
 * ``guided`` — TPE proposes every knob but pNR; pNR is solved from a local log-log fit of the
   finished trials' e_w against pNR (and the other knobs, weighted towards the proposed
-  strength) so that e_w/pNR lands at a target drawn within e_opt's range (its centre ± half
-  a decade at most). A strength whose e_w does not depend on pNR (fitted exponent ≈ 0) gets
+  strength) so that e_w/pNR lands at a target drawn around e_opt within its range (its
+  centre ± half a decade at most). A strength whose e_w does not depend on pNR (fitted exponent ≈ 0) gets
   ``pNR = e_w / target`` directly, without a pilot of its own.
 * ``explore`` — a share ``explore`` of the guided trials takes a log-uniform pNR instead, so
   that the curves keep points away from e_opt and a misplaced estimate can move.
@@ -259,9 +259,7 @@ class EoptSampler(optuna.samplers.BaseSampler):
             phase = "explore"
         else:
             phase = "guided"
-            lo = max(estimate.low, estimate.x - ROUGH_HALF_WIDTH)
-            hi = min(estimate.high, estimate.x + ROUGH_HALF_WIDTH)
-            target = 10 ** self._rng.uniform(lo, hi)
+            target = 10 ** self._target_x(estimate)
             at = {n: _unit(search_space[n], v) for n, v in knobs.items()}
             pnr = solve_pnr(points, at, target)
             study._storage.set_trial_user_attr(trial._trial_id, TARGET_ATTR, target)
@@ -291,6 +289,14 @@ class EoptSampler(optuna.samplers.BaseSampler):
             return _quantile(param_distribution, 0.5)
         q = (strength + self._strength_jitter[strength]) / self.pilot_strengths
         return _quantile(param_distribution, q)
+
+    def _target_x(self, estimate: Estimate) -> float:
+        """log10 of a trial's target e_w/pNR: centred on e_opt, spread so that about 95% of
+        the draws fall within its range, and clipped to it (at most ± half a decade)."""
+        lo = max(estimate.low, estimate.x - ROUGH_HALF_WIDTH)
+        hi = min(estimate.high, estimate.x + ROUGH_HALF_WIDTH)
+        sd = max(estimate.x - lo, hi - estimate.x) / 2
+        return float(np.clip(self._rng.normal(estimate.x, sd), lo, hi)) if sd > 0 else lo
 
     # -- e_opt and the e_w data -------------------------------------------------------------
 
