@@ -186,7 +186,6 @@ class EoptSampler(optuna.samplers.BaseSampler):
             raise ValueError("the pilot needs >= 1 strength and >= 3 pNR per strength")
         if not 0 <= explore < 1:
             raise ValueError(f"explore must be in [0, 1), got {explore}")
-        self._seed = seed
         self._rng = np.random.default_rng(seed)
         self._tpe = optuna.samplers.TPESampler(seed=seed, n_startup_trials=tpe_startup)
         self.metric = metric
