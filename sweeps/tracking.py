@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -35,11 +36,14 @@ from sweeps.tracking_errors import TrackingRefused, is_auth_error
 from sweeps.tracking_schema import (
     EXPERIMENT_KIND,
     EXPERIMENT_KIND_TAG,
+    FINAL_ID_TAG,
     MAX_PARAM_VAL_LENGTH,
     MAX_TAG_VAL_LENGTH,
     METHOD_TAG,
     PARENT_TAG,
     ROLE_TAG,
+    SOURCE_RUN_ID_TAG,
+    SOURCE_TRIAL_ID_TAG,
     STATUS_REASON_TAG,
     STATUS_TAG,
     SWEEP_ID_TAG,
@@ -62,19 +66,24 @@ from sweeps.tracking_uri import (
 __all__ = [
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
+    "FINAL_ID_TAG",
     "MAX_PARAM_VAL_LENGTH",
     "MAX_TAG_VAL_LENGTH",
     "METHOD_TAG",
     "PARENT_TAG",
     "ROLE_TAG",
+    "SOURCE_RUN_ID_TAG",
+    "SOURCE_TRIAL_ID_TAG",
     "STATUS_REASON_TAG",
     "STATUS_TAG",
     "SWEEP_ID_TAG",
     "TRIAL_ID_TAG",
+    "FinalTracker",
     "RunTracker",
     "TrackingRefused",
     "TrialTracker",
     "check_tracking_uri",
+    "default_spool_dir",
     "default_tracking_uri",
     "embedded_tracking_uri",
     "ensure_experiment",
@@ -373,3 +382,35 @@ class TrialTracker(RunTracker):
     def state(self) -> dict[str, Any]:
         """Everything not yet confirmed sent, plus the run id: picklable, for the checkpoint."""
         return {**super().state(), "sweep_id": self.sweep_id, "trial_id": self.trial_id}
+
+
+class FinalTracker(RunTracker):
+    """Logs one final training (`compsweep train`) into a new run of its own, tagged with
+    ``tags`` (the method and, from a `best` file, where the config came from)."""
+
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        run_name: str,
+        tags: Mapping[str, str],
+        *,
+        flush_interval: float = 2.0,
+    ) -> None:
+        # A fresh id: a create whose answer was lost is found again, never another training's.
+        self.final_id = uuid.uuid4().hex
+        target = RunTarget(
+            experiment_id=str(experiment_id),
+            identity={ROLE_TAG: "final", FINAL_ID_TAG: self.final_id},
+            run_name=run_name,
+            extra_tags=dict(tag_items(tags)),
+            created_ms=int(time.time() * 1000),
+        )
+        super().__init__(
+            tracking_uri,
+            target,
+            kind="final training",
+            name=self.final_id[:8],
+            spool_dir=default_spool_dir("final", self.final_id),
+            flush_interval=flush_interval,
+        )
