@@ -111,6 +111,17 @@ class MlflowTransport:
         params: KeyValues = (),
         tags: KeyValues = (),
     ) -> None:
+        if metrics and not params and not tags:
+            self._log_metrics(run_id, metrics)  # the hot path: subclasses make it cheaper
+            return
+        self._log_with_client(run_id, metrics, params, tags)
+
+    def _log_metrics(self, run_id: str, metrics: Sequence[Point]) -> None:
+        self._log_with_client(run_id, metrics, (), ())
+
+    def _log_with_client(
+        self, run_id: str, metrics: Sequence[Point], params: KeyValues, tags: KeyValues
+    ) -> None:
         from mlflow.entities import Metric, Param, RunTag  # deferred: see the module docstring
 
         self.client.log_batch(
@@ -150,16 +161,7 @@ class RestTransport(MlflowTransport):
     error handling (``verify_rest_response``) as ``MlflowClient``.
     """
 
-    def log_batch(
-        self,
-        run_id: str,
-        metrics: Sequence[Point] = (),
-        params: KeyValues = (),
-        tags: KeyValues = (),
-    ) -> None:
-        if params or tags or not metrics:
-            super().log_batch(run_id, metrics, params, tags)
-            return
+    def _log_metrics(self, run_id: str, metrics: Sequence[Point]) -> None:
         # deferred: see the module docstring
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request, verify_rest_response
@@ -186,15 +188,9 @@ class SqliteTransport(MlflowTransport):
         self._writer: SqliteMetricWriter | None = None
         self.direct = True  # False once the direct writer proved unusable for this store
 
-    def log_batch(
-        self,
-        run_id: str,
-        metrics: Sequence[Point] = (),
-        params: KeyValues = (),
-        tags: KeyValues = (),
-    ) -> None:
-        if params or tags or not metrics or not self._write_direct(run_id, metrics):
-            super().log_batch(run_id, metrics, params, tags)
+    def _log_metrics(self, run_id: str, metrics: Sequence[Point]) -> None:
+        if not self._write_direct(run_id, metrics):
+            super()._log_metrics(run_id, metrics)
 
     def _write_direct(self, run_id: str, points: Sequence[Point]) -> bool:
         if not self.direct:

@@ -33,18 +33,6 @@ TRAINER_FILE = "trainer.pt"
 TRACKER_FILE = "tracker.pkl"
 
 
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": 0.1}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
-
-
 class TuneBridge(Callback):
     """Trainer hooks → MLflow (every point) and Ray Tune (each evaluation, with a checkpoint)."""
 
@@ -165,7 +153,7 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     tracker.wait_ready(timeout=10.0)
     if tracker_state is None:  # first start (a retry before any checkpoint re-logs the same values)
         tracker.set_tags({METHOD_TAG: cfg.compression.method})
-        tracker.log_params({**_prefixed(knobs), **flatten(cfg.to_dict())})
+        tracker.log_params({**_prefixed(knobs), **cfg.to_dict()})  # flattened to dotted keys
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "config.yaml"
             path.write_text(yaml.safe_dump(train_dict, sort_keys=False))
