@@ -10,16 +10,12 @@ from torch.nn.utils import parametrize
 
 from trainers.callbacks import Callback
 from trainers.config import ConfigError, parse_train_config
-from trainers.funnel import (
-    Funnel,
-    c_value,
+from trainers.distortions.funnel import Funnel, c_value, funnel, l1, l2
+from trainers.distortions.gated_tucker2 import (
     compress_gated,
     decompose_gated,
     dense_macs,
-    funnel,
     gate_params,
-    l1,
-    l2,
     layer_gates,
     tucker_macs,
 )

@@ -19,7 +19,7 @@ REGISTRY: dict[str, str] = {
     "tucker2": "trainers.distortions.tucker2:Tucker2",
     "cp": "trainers.distortions.cp:CP",
     "nuclear": "trainers.distortions.nuclear:Nuclear",
-    "funnel": "trainers.funnel:Funnel",  # a MethodRecipe (trainers.methods), not a Distortion
+    "funnel": "trainers.distortions.funnel:Funnel",  # a MethodRecipe (trainers.methods), not a Distortion
 }
 
 
