@@ -3,7 +3,8 @@
 A checkpoint holds everything a run needs to continue bit-exactly: model, optimizer, schedule,
 a recipe's structure, the progress counters and every random generator the run draws from.
 :meth:`Trainer.state_dict <trainers.loop.Trainer.state_dict>` and ``load_state_dict`` use
-:func:`trainer_state` and :func:`restore_trainer`.
+:func:`trainer_state` and :func:`restore_trainer`, which belong to the trainer: they read and
+set its private running sums (training loss since the last evaluation, e_w so far) too.
 """
 
 from __future__ import annotations

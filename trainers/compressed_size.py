@@ -29,6 +29,16 @@ class ModelSize:
     macs_dense: int
     macs: float
 
+    def metrics(self) -> dict[str, float]:
+        """``compression_ratio``, ``params``, ``params_dense``, ``macs``, ``macs_dense``."""
+        return {
+            "compression_ratio": self.params_dense / self.params if self.params else float("inf"),
+            "params": self.params,
+            "params_dense": float(self.params_dense),
+            "macs": self.macs,
+            "macs_dense": float(self.macs_dense),
+        }
+
 
 def compressed_size(
     model: nn.Module,

@@ -334,11 +334,7 @@ class Trainer:
         )
         mean_e_w = self._ew_sum / self.num_events if self.num_events else 0.0
         metrics = {
-            "compression_ratio": size.params_dense / size.params if size.params else float("inf"),
-            "params": size.params,
-            "params_dense": float(size.params_dense),
-            "macs": size.macs,
-            "macs_dense": float(size.macs_dense),
+            **size.metrics(),
             "mean_e_w": mean_e_w,
             "mean_e_w_per_pnr": mean_e_w / self.pnr,
             "steps": float(self.step),
