@@ -20,8 +20,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 
-# (key, value, timestamp in ms, step), as buffered by sweeps.tracking.TrialTracker.
-Point = tuple[str, float, int, int]
+from sweeps.tracking_schema import Point
 
 _MAX_DOUBLE = 1.7976931348623157e308  # MLflow's stand-in for ±inf (SQL has no infinities)
 

@@ -24,25 +24,13 @@ import yaml
 
 from sweeps.naming import fixed_knobs, run_name, trial_label
 from sweeps.spec import SweepSpec, from_dict_spec, trial_train_dict
-from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker
+from sweeps.tracking import METHOD_TAG, STATUS_REASON_TAG, STATUS_TAG, TrialTracker
 from trainers.callbacks import Callback
 from trainers.config import parse_train_config
 from trainers.loop import Trainer, TrainingDiverged
 
 TRAINER_FILE = "trainer.pt"
 TRACKER_FILE = "tracker.pkl"
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": 0.1}``."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 class TuneBridge(Callback):
@@ -164,8 +152,8 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     # server only delays this check, and training goes on while points buffer.
     tracker.wait_ready(timeout=10.0)
     if tracker_state is None:  # first start (a retry before any checkpoint re-logs the same values)
-        tracker.set_tags({"compsweep.method": cfg.compression.method})
-        tracker.log_params({**_prefixed(knobs), **flatten(cfg.to_dict())})
+        tracker.set_tags({METHOD_TAG: cfg.compression.method})
+        tracker.log_params({**_prefixed(knobs), **cfg.to_dict()})  # flattened to dotted keys
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "config.yaml"
             path.write_text(yaml.safe_dump(train_dict, sort_keys=False))
