@@ -33,11 +33,11 @@ Measured (20 seeds, 2 shared CPUs; trials-to-target, a miss would count as 65)::
 
     problem  sampler median  spread (min–max, IQR)        hit
     digits   random       3  1–10 (IQR 2–5)             20/20
-    digits   eopt       2.5  1–10 (IQR 1.25–4.75)       20/20
-    digits   tpe          3  1–22 (IQR 1.25–8)          20/20
-    fmnist   random       3  1–31 (IQR 2–12.75)         20/20
+    digits   eopt       2.5  1–10 (IQR 1.75–4.25)       20/20
+    digits   tpe          3  1–22 (IQR 1.75–8)          20/20
+    fmnist   random       3  1–31 (IQR 2–12.25)         20/20
     fmnist   eopt         9  1–26 (IQR 1–13)            20/20
-    fmnist   tpe        4.5  1–17 (IQR 2.25–12)         20/20
+    fmnist   tpe        4.5  1–17 (IQR 2.75–12)         20/20
 
 eopt does not need half of TPE's trials here. Both problems are easy for this target: 16
 (digits) and 6 (fmnist) of the 64 random trials reach it, and on Fashion-MNIST the accuracy
@@ -208,7 +208,11 @@ def trials_to(values: list[float], target: float) -> int | None:
 def summary(counts: list[int | None]) -> tuple[str, str, str]:
     filled = [c if c is not None else BUDGET + 1 for c in counts]
     hit = sum(c is not None for c in counts)
-    q1, _, q3 = statistics.quantiles(filled, n=4) if len(filled) > 1 else (filled[0],) * 3
+    q1, _, q3 = (
+        statistics.quantiles(filled, n=4, method="inclusive")
+        if len(filled) > 1
+        else (filled[0],) * 3
+    )
     return (f"{statistics.median(filled):g}", f"{min(filled)}–{max(filled)} (IQR {q1:g}–{q3:g})",
             f"{hit}/{len(counts)}")  # fmt: skip
 
