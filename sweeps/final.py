@@ -100,6 +100,7 @@ def train_final(
     import torch
     from mlflow.models import infer_signature
 
+    from sweeps.records import flatten
     from sweeps.tracking import (
         STATUS_REASON_TAG,
         STATUS_TAG,
@@ -107,7 +108,6 @@ def train_final(
         ensure_experiment,
         mlflow_client,
     )
-    from sweeps.trial import flatten
     from trainers.counting import count_params
     from trainers.export import export, model_macs
     from trainers.inputs import with_raw_input

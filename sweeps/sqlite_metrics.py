@@ -20,6 +20,9 @@ import os
 import sqlite3
 from collections.abc import Sequence
 
+from mlflow.exceptions import MlflowException
+from mlflow.utils.validation import _validate_metric_name
+
 # (key, value, timestamp in ms, step), as buffered by sweeps.tracking.TrialTracker.
 Point = tuple[str, float, int, int]
 
@@ -56,8 +59,6 @@ class SqliteMetricWriter:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
-        from mlflow.utils.validation import _validate_metric_name
-
         if not os.path.isfile(path):
             raise UnsupportedStore(f"not an SQLite database file: {path}")
         self._validate_name = _validate_metric_name
@@ -76,8 +77,6 @@ class SqliteMetricWriter:
 
     def valid(self, points: Sequence[Point]) -> bool:
         """Whether MLflow would accept every point (else the caller lets MLflow sort them)."""
-        from mlflow.exceptions import MlflowException
-
         for key, value, _, _ in points:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return False

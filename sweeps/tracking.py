@@ -29,6 +29,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from sweeps.records import flatten
+
 log = logging.getLogger(__name__)
 
 ROLE_TAG = "compsweep.role"
@@ -303,17 +305,10 @@ def find_trial_runs(uri: str, experiment_id: str, sweep_id: str) -> list:
 # The per-trial tracker
 
 
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": "0.1"}``, values stringified and cut to
-    MLflow's length limit."""
-    out: dict[str, str] = {}
-    for k, v in params.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten_params(v, key + "."))
-        else:
-            out[key] = str(v)[:MAX_PARAM_VAL_LENGTH]
-    return out
+def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": "0.1"}``: :func:`sweeps.records.flatten`
+    with values stringified and cut to MLflow's length limit."""
+    return {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flatten(params).items()}
 
 
 def _is_transient(exc: BaseException) -> bool:
