@@ -5,6 +5,24 @@ import torch
 
 from trainers.config import parse_train_config
 
+# Fixtures that start a real service: a test using one belongs to the integration tier, which
+# `make test-fast` leaves out.
+SERVICE_FIXTURES = {"mlflow_server"}
+
+
+def pytest_collection_modifyitems(config, items):
+    unmarked = [
+        item.nodeid
+        for item in items
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ()))
+        and item.get_closest_marker("integration") is None
+    ]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests that start a real service must be marked @pytest.mark.integration: "
+            + ", ".join(unmarked)
+        )
+
 
 @pytest.fixture
 def tiny_config():

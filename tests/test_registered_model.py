@@ -69,6 +69,7 @@ def test_dense_layers_are_not_packed():
     assert [type(m) for m in packed] == [nn.Linear, nn.Linear]
 
 
+@pytest.mark.integration
 def test_registered_model_predicts_raw_digits_at_its_registered_accuracy(
     mlflow_server, tmp_path, monkeypatch
 ):

@@ -38,13 +38,15 @@ def _latest(client: MlflowClient, run_id: str) -> dict:
     return {k: "nan" if math.isnan(v) else v for k, v in metrics.items()}
 
 
-@pytest.fixture
-def store(tmp_path):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = MlflowClient(uri)
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One store for the module: MLflow's schema migrations take seconds per new database, and
+    each test works on runs of its own."""
+    db = tmp_path_factory.mktemp("sqlite-store") / "mlflow.db"
+    client = MlflowClient(f"sqlite:///{db}")
     exp = client.create_experiment("direct")
-    writer = SqliteMetricWriter(tmp_path / "mlflow.db")
-    yield uri, client, exp, writer
+    writer = SqliteMetricWriter(db)
+    yield f"sqlite:///{db}", client, exp, writer
     writer.close()
 
 
