@@ -202,7 +202,7 @@ class Bench:
         )
         tracker.log_params(flatten_params(cfg.to_dict()))
         on = Trainer(cfg, callbacks=[TrackerBridge(tracker, False), PauseEvery(k)], data=self.data)
-        sender_clock = time.pthread_getcpuclockid(tracker._thread.ident)
+        sender_clock = time.pthread_getcpuclockid(tracker.sender_thread.ident)
         ratios = []
         while not off.done:
             wall, cpu = {}, {}

@@ -13,40 +13,40 @@ narrows or fixes its knobs without Python::
 
 from __future__ import annotations
 
-import importlib
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, Field
 
+from trainers.registry import Registry
 from trainers.validation import Problem, Section, did_you_mean, shown, validate
 
 # name -> "module:function"; imported lazily. A new method is one function plus one line here.
-SPACES: dict[str, str] = {
-    "weight_decay": "search_spaces.pnr:weight_decay",
-    "uniform_noise": "search_spaces.pnr:uniform_noise",
-    "gaussian_noise": "search_spaces.pnr:gaussian_noise",
-    "prune": "search_spaces.pnr:prune",
-    "quantize": "search_spaces.pnr:quantize",
-    "svd": "search_spaces.lowrank:svd",
-    "tiled_svd": "search_spaces.lowrank:tiled_svd",
-    "tucker2": "search_spaces.lowrank:tucker2",
-    "cp": "search_spaces.lowrank:cp",
-    "mixed": "search_spaces.mixed:mixed",
-    "funnel": "search_spaces.funnel:funnel",
-    "nuclear": "search_spaces.nuclear:nuclear",
-}
+SPACES: Registry[Callable[[Any], None]] = Registry(
+    "search space",
+    {
+        "weight_decay": "search_spaces.pnr:weight_decay",
+        "uniform_noise": "search_spaces.pnr:uniform_noise",
+        "gaussian_noise": "search_spaces.pnr:gaussian_noise",
+        "prune": "search_spaces.pnr:prune",
+        "quantize": "search_spaces.pnr:quantize",
+        "svd": "search_spaces.lowrank:svd",
+        "tiled_svd": "search_spaces.lowrank:tiled_svd",
+        "tucker2": "search_spaces.lowrank:tucker2",
+        "cp": "search_spaces.lowrank:cp",
+        "mixed": "search_spaces.mixed:mixed",
+        "funnel": "search_spaces.funnel:funnel",
+        "nuclear": "search_spaces.nuclear:nuclear",
+    },
+)
 
 RANGE_KEYS = {"low", "high", "log", "step", "choices"}
 
 
 def get_space(name: str) -> Callable[[Any], None]:
     """The space function registered under ``name``; unknown names raise ``ValueError``."""
-    if name not in SPACES:
-        raise ValueError(f"unknown search space {name!r}; valid: {', '.join(sorted(SPACES))}")
-    module, fn = SPACES[name].split(":")
-    return getattr(importlib.import_module(module), fn)
+    return SPACES[name]
 
 
 class NarrowedTrial:
@@ -329,14 +329,7 @@ def check_overrides(
     """Problems with a spec's overrides of space ``name``, one line each (see
     :func:`override_problems`); an unknown space name is one too."""
     if name not in SPACES:
-        return [
-            str(
-                Problem(
-                    "space.name",
-                    f"unknown search space {name!r}{did_you_mean(name, SPACES)}; valid: {', '.join(SPACES)}",
-                )
-            )
-        ]
+        return [str(Problem("space.name", str(SPACES.unknown(name))))]
     return [str(p) for p in override_problems(name, overrides, where)]
 
 

@@ -7,6 +7,7 @@ on."""
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,9 +16,23 @@ from typing import Any
 import yaml
 
 from sweeps.quiet import library_prints
+from sweeps.tracking import (
+    METHOD_TAG,
+    SOURCE_RUN_ID_TAG,
+    SOURCE_TRIAL_ID_TAG,
+    STATUS_REASON_TAG,
+    STATUS_TAG,
+    SWEEP_ID_TAG,
+    FinalTracker,
+    default_tracking_uri,
+    ensure_experiment,
+    mlflow_client,
+)
 from trainers.callbacks import Callback, ConsoleProgress
 from trainers.config import ConfigError, TrainConfig, parse_train_config, read_mapping, set_dotted
-from trainers.loop import Trainer
+from trainers.loop import Trainer, TrainingDiverged
+
+log = logging.getLogger(__name__)
 
 
 def read_best(path: str, index: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -47,32 +62,27 @@ def read_best(path: str, index: int = 0) -> tuple[dict[str, Any], dict[str, Any]
     return configs[index]["config"], prov
 
 
-class _MlflowSeries(Callback):
-    """Per-step series of the final run, sent in one batch per evaluation."""
+class _TrackerSeries(Callback):
+    """Per-step series of the final run, into its tracker (sent in the background)."""
 
-    def __init__(self, client: Any, run_id: str) -> None:
-        self.client, self.run_id = client, run_id
-        self.pending: list = []
+    def __init__(self, tracker: FinalTracker) -> None:
+        self.tracker = tracker
 
-    def _add(self, metrics: dict[str, float], step: int) -> None:
-        import time
+    def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(metrics, step)
 
-        from mlflow.entities import Metric
+    def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
+        self.tracker.log_metrics(metrics, step)
 
-        ts = int(time.time() * 1000)
-        self.pending += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
 
-    def on_distortion(self, trainer, step, metrics):
-        self._add(metrics, step)
+# How long the final run's data may take to reach the store (through an outage) before the
+# training is reported failed; a final training runs for minutes to hours, so be patient.
+FLUSH_TIMEOUT_S = 600.0
+FAILED_FLUSH_TIMEOUT_S = 60.0  # a failed or interrupted training: do not hold the user long
 
-    def on_evaluation(self, trainer, step, metrics):
-        self._add(metrics, step)
-        self.flush()
 
-    def flush(self) -> None:
-        for i in range(0, len(self.pending), 1000):
-            self.client.log_batch(self.run_id, metrics=self.pending[i : i + 1000])
-        self.pending = []
+class TrackingUnavailable(RuntimeError):
+    """The final run's data could not be delivered to the tracking store in time."""
 
 
 def train_final(
@@ -95,25 +105,6 @@ def train_final(
     Raises:
         TrainingDiverged: the training diverged (the run ends FAILED, tagged diverged).
     """
-    import mlflow
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    from sweeps.records import flatten
-    from sweeps.tracking import (
-        STATUS_REASON_TAG,
-        STATUS_TAG,
-        default_tracking_uri,
-        ensure_experiment,
-        mlflow_client,
-    )
-    from trainers.counting import count_params
-    from trainers.export import export, model_macs
-    from trainers.inputs import with_raw_input
-    from trainers.loop import TrainingDiverged
-    from trainers.packing import pack_sparse, state_bytes
-
     data, prov = read_best(path, index)
     if prov:  # selection is done: the validation samples now train the final model
         set_dotted(data, "data.val_fraction", 0.0)
@@ -124,31 +115,58 @@ def train_final(
     client = mlflow_client(uri)
     # Final runs get an experiment of their own, next to the sweep's: its charts compare trials.
     experiment_id = ensure_experiment(uri, final_experiment(client, prov))
-    tags = {"compsweep.role": "final", "compsweep.method": cfg.compression.method}
+    tags = {METHOD_TAG: cfg.compression.method}
     if prov:
         tags.update({
-            "compsweep.sweep_id": prov["sweep_id"],
-            "compsweep.source_trial_id": str(prov["trial_id"]),
-            "compsweep.source_run_id": prov["run_id"],
+            SWEEP_ID_TAG: prov["sweep_id"],
+            SOURCE_TRIAL_ID_TAG: str(prov["trial_id"]),
+            SOURCE_RUN_ID_TAG: prov["run_id"],
         })  # fmt: skip
-    run = client.create_run(experiment_id, tags=tags, run_name=final_run_name(client, prov, cfg))
-    run_id = run.info.run_id
-    client.log_batch(
-        run_id,
-        params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in flatten(cfg.to_dict()).items()],
-    )
-    series = _MlflowSeries(client, run_id)
-    trainer = Trainer(cfg, callbacks=[ConsoleProgress(), series])
+    tracker = FinalTracker(uri, experiment_id, final_run_name(client, prov, cfg), tags)
     try:
+        # Fail fast on refused credentials; an unreachable server only delays the run.
+        tracker.wait_ready(timeout=30.0)
+        tracker.log_params(cfg.to_dict())
+        trainer = Trainer(cfg, callbacks=[ConsoleProgress(), _TrackerSeries(tracker)])
         final = trainer.fit()
     except BaseException as e:
-        series.flush()
         if isinstance(e, TrainingDiverged):
-            client.set_tag(run_id, STATUS_TAG, "diverged")
-            client.set_tag(run_id, STATUS_REASON_TAG, e.reason)
-        client.set_terminated(run_id, "FAILED")
+            tracker.set_tags({STATUS_TAG: "diverged", STATUS_REASON_TAG: e.reason})
+        tracker.close("FAILED", timeout=FAILED_FLUSH_TIMEOUT_S)
         raise
-    series.flush()
+    try:
+        out = _export_and_register(uri, tracker, trainer, final, cfg, prov, register)
+    except BaseException:
+        tracker.close("FAILED", timeout=FAILED_FLUSH_TIMEOUT_S)
+        raise
+    if not tracker.close("FINISHED", timeout=FLUSH_TIMEOUT_S):
+        # Everything was delivered before the model was logged (which also ended the run):
+        # only the final status update is missing.
+        log.warning("final run %s: status not updated: %s", out["run_id"], tracker.last_error)
+    return {**out, "tracking_uri": uri, "experiment_id": experiment_id}
+
+
+def _export_and_register(
+    uri: str,
+    tracker: FinalTracker,
+    trainer: Trainer,
+    final: dict[str, float],
+    cfg: TrainConfig,
+    prov: dict[str, Any] | None,
+    register: str | None,
+) -> dict[str, Any]:
+    """Export the trained model, log its sizes and config into the final run, log it as the
+    run's ``model`` and register it; the summary, ``run_id``, ``model_name`` and
+    ``model_version``."""
+    import mlflow  # deferred: mlflow and torch cost seconds to import
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    from trainers.counting import count_params
+    from trainers.export import export, model_macs
+    from trainers.inputs import with_raw_input
+    from trainers.packing import pack_sparse, state_bytes
 
     model = trainer.model
     if trainer.distortion is not None:
@@ -175,10 +193,7 @@ def train_final(
         "compression_ratio_bytes": bytes_dense / bytes_stored,
     }
     # The last evaluation (test_accuracy, ...) is in the series already; these are the rest.
-    client.log_batch(
-        run_id,
-        metrics=[mlflow.entities.Metric(k, float(v), 0, trainer.step) for k, v in summary.items()],
-    )
+    tracker.log_metrics(summary, step=trainer.step)
     summary = {**trainer.last_eval, **summary}
     source_val = ((prov or {}).get("metrics") or {}).get("val_accuracy")
     if source_val is not None:
@@ -186,7 +201,15 @@ def train_final(
     with tempfile.TemporaryDirectory() as d:
         cfg_path = Path(d) / "config.yaml"
         cfg_path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        client.log_artifact(run_id, str(cfg_path))
+        tracker.log_artifact(str(cfg_path))  # copied into the spool: the directory may go
+    # log_model below works on the run through MLflow's own API: the run must exist, and hold
+    # everything logged so far, before it ends the run.
+    if not tracker.flush(timeout=FLUSH_TIMEOUT_S, wait_while_down=True) or tracker.run_id is None:
+        raise TrackingUnavailable(
+            f"cannot log the final run to {uri} within {FLUSH_TIMEOUT_S:g}s: {tracker.last_error}"
+        )
+    run_id = tracker.run_id
+    client = mlflow_client(uri)
 
     name = register or _model_name(prov, cfg)
     signature = infer_signature(example, served(torch.from_numpy(example)).numpy())
@@ -228,15 +251,7 @@ def train_final(
         if value is not None:
             client.set_model_version_tag(name, version, key, str(value))
     client.update_model_version(name, version, description=_VERSION_NOTE)
-    client.set_terminated(run_id, "FINISHED")
-    return {
-        **summary,
-        "run_id": run_id,
-        "model_name": name,
-        "model_version": version,
-        "tracking_uri": uri,
-        "experiment_id": experiment_id,
-    }
+    return {**summary, "run_id": run_id, "model_name": name, "model_version": version}
 
 
 def final_experiment(client: Any, prov: dict[str, Any] | None) -> str:

@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from sweeps.tracking import STATUS_TAG
+from sweeps.tracking_schema import STATUS_TAG
 
 STATES = ("finished", "failed", "diverged", "stopped", "killed", "running")
 

@@ -20,11 +20,7 @@ import os
 import sqlite3
 from collections.abc import Sequence
 
-from mlflow.exceptions import MlflowException
-from mlflow.utils.validation import _validate_metric_name
-
-# (key, value, timestamp in ms, step), as buffered by sweeps.tracking.TrialTracker.
-Point = tuple[str, float, int, int]
+from sweeps.tracking_schema import Point
 
 _MAX_DOUBLE = 1.7976931348623157e308  # MLflow's stand-in for ±inf (SQL has no infinities)
 
@@ -59,6 +55,9 @@ class SqliteMetricWriter:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        # MLflow at use: sweeps.tracking imports this module, and the CLI imports that.
+        from mlflow.utils.validation import _validate_metric_name
+
         if not os.path.isfile(path):
             raise UnsupportedStore(f"not an SQLite database file: {path}")
         self._validate_name = _validate_metric_name
@@ -77,6 +76,8 @@ class SqliteMetricWriter:
 
     def valid(self, points: Sequence[Point]) -> bool:
         """Whether MLflow would accept every point (else the caller lets MLflow sort them)."""
+        from mlflow.exceptions import MlflowException  # at use, as in __init__
+
         for key, value, _, _ in points:
             if isinstance(value, bool) or not isinstance(value, int | float):
                 return False

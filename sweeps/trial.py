@@ -27,9 +27,9 @@ from ray import tune
 from ray.tune import Checkpoint
 
 from sweeps.naming import fixed_knobs, run_name, trial_label
-from sweeps.records import TRACKER_FILE, TRAINER_FILE, SweepFacts, flatten
+from sweeps.records import TRACKER_FILE, TRAINER_FILE, SweepFacts
 from sweeps.spec import SweepSpec, from_dict_spec, trial_train_dict
-from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker
+from sweeps.tracking import METHOD_TAG, STATUS_REASON_TAG, STATUS_TAG, TrialTracker
 from trainers.callbacks import Callback
 from trainers.config import parse_train_config
 from trainers.export import export, save_exported
@@ -144,8 +144,8 @@ def _run_trial(config: dict[str, Any], sweep: SweepFacts) -> None:
     # server only delays this check, and training goes on while points buffer.
     tracker.wait_ready(timeout=10.0)
     if tracker_state is None:  # first start (a retry before any checkpoint re-logs the same values)
-        tracker.set_tags({"compsweep.method": cfg.compression.method})
-        tracker.log_params({**_prefixed(knobs), **flatten(cfg.to_dict())})
+        tracker.set_tags({METHOD_TAG: cfg.compression.method})
+        tracker.log_params({**_prefixed(knobs), **cfg.to_dict()})  # flattened to dotted keys
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "config.yaml"
             path.write_text(yaml.safe_dump(train_dict, sort_keys=False))

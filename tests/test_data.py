@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import data
+from trainers import data, datasets
 from trainers.data import (
     DATASETS,
     BatchSource,
@@ -415,7 +415,7 @@ def test_missing_root_names_the_paths(tmp_path: Path, monkeypatch: pytest.Monkey
         load_dataset("mnist", root=str(missing), batch_size=4)
     assert str(missing) in str(err.value) and str(missing / "MNIST" / "raw") in str(err.value)
 
-    monkeypatch.setattr(data, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "system"))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_DIR", str(tmp_path / "system"))
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist") as err:
         load_dataset("fashion_mnist", root=str(missing), batch_size=4)
     for p in (missing, missing / "FashionMNIST" / "raw", tmp_path / "system"):

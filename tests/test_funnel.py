@@ -5,21 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resume_check import assert_resume_is_exact
 from torch import nn
 from torch.nn.utils import parametrize
 
 from trainers.callbacks import Callback
 from trainers.config import ConfigError, parse_train_config
-from trainers.funnel import (
-    Funnel,
-    c_value,
+from trainers.distortions.funnel import Funnel, c_value, funnel, l1, l2
+from trainers.distortions.gated_tucker2 import (
     compress_gated,
     decompose_gated,
     dense_macs,
-    funnel,
     gate_params,
-    l1,
-    l2,
     layer_gates,
     tucker_macs,
 )
@@ -277,21 +274,7 @@ def test_no_regularization_and_zero_threshold_prunes_nothing(tiny_config):
 
 @pytest.mark.parametrize("stop_at", [8, 20])  # inside the regularized phase / the fine-tuning
 def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path, stop_at):
-    cfg = funnel_config(tiny_config)
-    full = Trainer(cfg)
-    full_final = full.fit()
-    first = Trainer(cfg, [Phases(stop_at_step=stop_at)])
-    assert first.fit() == {}
-    path = tmp_path / "ckpt.pt"
-    first.save_checkpoint(str(path))
-    torch.manual_seed(1234)
-    resumed = Trainer(cfg)
-    resumed.load_checkpoint(str(path))
-    assert resumed.fit() == full_final
-    for (name, a), (_, b) in zip(
-        full.model.state_dict().items(), resumed.model.state_dict().items(), strict=True
-    ):
-        assert torch.equal(a, b), name
+    assert_resume_is_exact(funnel_config(tiny_config), tmp_path, stop_at)
 
 
 def test_starts_from_a_pretrained_checkpoint(tiny_config, tmp_path):

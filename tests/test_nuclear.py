@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from resume_check import assert_resume_is_exact
 from torch import nn
 
 from trainers.callbacks import Callback
@@ -198,20 +199,4 @@ def test_pnr_must_be_an_integer_or_epoch(tiny_config):
 
 def test_resume_reproduces_the_uninterrupted_run(tiny_config, tmp_path):
     cfg = nuclear_config(tiny_config, pnr=4, params={"tau": 2.0, "lam": 0.05, "alpha": 0.2})
-    full = Trainer(cfg)
-    full_final = full.fit()
-
-    class Stop(Callback):
-        def on_evaluation(self, trainer, step, metrics):
-            if step >= 10:
-                trainer.request_stop()
-
-    first = Trainer(cfg, [Stop()])
-    assert first.fit() == {}
-    first.save_checkpoint(str(tmp_path / "c.pt"))
-    torch.manual_seed(7)
-    resumed = Trainer(cfg)
-    resumed.load_checkpoint(str(tmp_path / "c.pt"))
-    assert resumed.fit() == full_final
-    for a, b in zip(full.model.parameters(), resumed.model.parameters(), strict=True):
-        assert torch.equal(a, b)
+    assert_resume_is_exact(cfg, tmp_path, 10)

@@ -210,7 +210,7 @@ def test_stop_sends_everything_and_leaves_the_status_alone(sweep):
     for step in range(12):
         t.log_metrics({"loss": float(step)}, step)
     assert t.stop(timeout=60)
-    assert not t._thread.is_alive()
+    assert not t.sender_thread.is_alive()
     assert client.get_run(t.run_id).info.status == "RUNNING"
     assert sorted(history(client, t.run_id, "loss")) == list(range(12))
     t.log_metrics({"loss": 99.0}, 99)  # after stop: refused with a warning, not queued
@@ -420,7 +420,7 @@ def test_embedded_sqlite_store(tmp_path, monkeypatch, writer):
     client = MlflowClient(uri)
     loss = history(client, t.run_id, "loss")
     assert sorted(loss) == list(range(30)) and loss[19] == 19.0 and loss[20] == -1.0
-    assert (t._sqlite is False) == (writer == "mlflow")  # which path the points took
+    assert (t.transport.direct is False) == (writer == "mlflow")  # which path the points took
     assert [r.info.run_id for r in find_trial_runs(uri, exp_id, "sw")] == [t.run_id]
     # Artifacts live beside the database, not in the cwd of whoever created the experiment.
     assert client.get_experiment(exp_id).artifact_location.startswith(

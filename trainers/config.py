@@ -33,6 +33,7 @@ from trainers.data import DATASETS
 from trainers.distortions import REGISTRY, distortion_class, make_distortion
 from trainers.models import MODELS
 from trainers.optim import LR_SCHEDULES, OPTIMIZERS
+from trainers.registry import keyword_parameters
 from trainers.validation import (
     ConfigError,
     Int,
@@ -257,17 +258,12 @@ def _signature_model(fn: Callable[..., Any], skip: int) -> tuple[type[Section], 
     target = fn.func if isinstance(fn, functools.partial) else fn
     if inspect.isclass(target):
         target = target.__init__
-        skip += 1  # self
     try:
         hints = typing.get_type_hints(target)
     except Exception:  # an annotation that does not resolve: check names only
         hints = {}
-    fixed = set(fn.keywords) if isinstance(fn, functools.partial) else set()
     fields: dict[str, Any] = {}
-    params = list(inspect.signature(target).parameters.values())[skip:]
-    for p in params:
-        if p.kind not in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) or p.name in fixed:
-            continue
+    for p in keyword_parameters(fn, skip):
         default = ... if p.default is p.empty else p.default
         fields[p.name] = (_relaxed(hints.get(p.name, Any)), default)
     model = create_model(f"{getattr(target, '__qualname__', 'fn')}Args", __base__=Section, **fields)

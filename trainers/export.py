@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -82,39 +81,9 @@ def export(model: nn.Module, distortion: Distortion, targets: Sequence[str]) -> 
 # Report
 
 
-def _layer_macs(model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype) -> int:
-    """MACs of the layers that count themselves (``forward_macs``, see
-    :mod:`trainers.distortions.layers`); ``count_macs`` only sees Conv2d / Linear / LSTM."""
-    macs = 0
-    handles = []
-
-    def hook(mod: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        nonlocal macs
-        macs += mod.forward_macs(output)
-
-    for mod in model.modules():
-        if callable(getattr(mod, "forward_macs", None)):
-            handles.append(mod.register_forward_hook(hook))
-    if not handles:
-        return 0
-    was_training = model.training
-    model.eval()
-    try:
-        p = next(model.parameters())
-        with torch.no_grad():
-            model(torch.zeros((1, *input_shape), dtype=dtype, device=p.device))
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was_training)
-    return macs
-
-
-def model_macs(
-    model: nn.Module, input_shape: Sequence[int], dtype: torch.dtype = torch.float32
-) -> int:
-    """MACs for one sample, including the project's own layers (e.g. tiled low-rank)."""
-    return count_macs(model, input_shape, dtype) + _layer_macs(model, input_shape, dtype)
+# One counter for the dense and the exported model (trainers.counting counts the project's own
+# layers too); the name stays for the callers that import it from here.
+model_macs = count_macs
 
 
 def count_nonzero(model: nn.Module) -> int:
@@ -134,8 +103,8 @@ def compression_report(
     ``nnz_ratio = nnz_before / nnz_after`` is the storage gain of pruning (sparse storage).
     """
     params_before, params_after = count_params(original), count_params(exported)
-    macs_before = model_macs(original, input_shape, dtype)
-    macs_after = model_macs(exported, input_shape, dtype)
+    macs_before = count_macs(original, input_shape, dtype)
+    macs_after = count_macs(exported, input_shape, dtype)
     nnz_before, nnz_after = count_nonzero(original), count_nonzero(exported)
     return {
         "params_before": params_before,

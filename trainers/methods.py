@@ -3,8 +3,8 @@
 A distortion (:mod:`trainers.distortions`) keeps the model's structure and replaces the target
 weights by ``h(w)`` every pNR steps. A recipe instead changes the structure up front, adds a
 term to the loss, and restructures again once, between a regularized phase and a fine-tuning
-phase (funnel-regularized Tucker-2, :mod:`trainers.funnel`). The :class:`~trainers.loop.Trainer`
-consults a recipe through these hooks, in this order::
+phase (funnel-regularized Tucker-2, :mod:`trainers.distortions.funnel`). The
+:class:`~trainers.loop.Trainer` consults a recipe through these hooks, in this order::
 
     prepare(model, targets, info, epochs) -> model   # once, before the optimizer is built
     report(model, "decompose")                        # phase metrics (accuracy/params/MACs

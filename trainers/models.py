@@ -8,9 +8,7 @@ leave it uncompressed by default).
 
 from __future__ import annotations
 
-import inspect
 from collections import OrderedDict
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from trainers.data import DataInfo
+from trainers.registry import Registry
 
 __all__ = [
     "MODELS",
@@ -328,31 +327,28 @@ def _lstm_lm(
     return LSTMLanguageModel(info.num_classes, hidden, layers, dropout, tie_weights, init_range)
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {
-    "lenet300100": _lenet300100,
-    "lenet5": _lenet5,
-    "small_cnn": _small_cnn,
-    "resnet20": partial(_cifar_resnet, depth=20),
-    "resnet32": partial(_cifar_resnet, depth=32),
-    "resnet56": partial(_cifar_resnet, depth=56),
-    "vgg19": _vgg19,
-    "resnet18": partial(_torchvision_resnet, arch="resnet18"),
-    "resnet34": partial(_torchvision_resnet, arch="resnet34"),
-    "lstm_lm": _lstm_lm,
-}
+# name -> builder f(info, **options); the partials' keywords (depth, arch) are not options.
+MODELS: Registry[Any] = Registry(
+    "model",
+    {
+        "lenet300100": _lenet300100,
+        "lenet5": _lenet5,
+        "small_cnn": _small_cnn,
+        "resnet20": partial(_cifar_resnet, depth=20),
+        "resnet32": partial(_cifar_resnet, depth=32),
+        "resnet56": partial(_cifar_resnet, depth=56),
+        "vgg19": _vgg19,
+        "resnet18": partial(_torchvision_resnet, arch="resnet18"),
+        "resnet34": partial(_torchvision_resnet, arch="resnet34"),
+        "lstm_lm": _lstm_lm,
+    },
+    skip=1,  # info
+)
 
 
 def model_options(name: str) -> list[str]:
     """Model-specific option names accepted by ``build_model(name, info, **options)``."""
-    _check_name(name)
-    params = inspect.signature(MODELS[name]).parameters.values()
-    # Keyword-only parameters are fixed by the registry's partials (depth, arch).
-    return [p.name for p in params if p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "info"]
-
-
-def _check_name(name: str) -> None:
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODELS))}")
+    return MODELS.options(name)
 
 
 def build_model(name: str, info: DataInfo, **options: Any) -> nn.Module:
@@ -366,11 +362,5 @@ def build_model(name: str, info: DataInfo, **options: Any) -> nn.Module:
     Raises:
         ValueError: Unknown model name or option, or a model that does not fit ``info``.
     """
-    _check_name(name)
-    valid = model_options(name)
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {unknown} for model {name!r}; valid: {valid or 'none'}"
-        )
-    return MODELS[name](info, **options)
+    model: nn.Module = MODELS.create(name, info, **options)
+    return model

@@ -45,3 +45,16 @@ def make_optimizer(
 def lr_factor(optim: Any, step: int, steps_per_epoch: int, total_steps: int) -> float:
     """Learning-rate multiplier of schedule ``optim.schedule`` after ``step`` optimizer steps."""
     return LR_SCHEDULES[optim.schedule](optim, step / steps_per_epoch, step, total_steps)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, optim: Any, steps_per_epoch: int, steps: int
+) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """The schedule ``optim.schedule`` of ``optimizer`` over a run (or phase) of ``steps``
+    optimizer steps; None for a constant learning rate."""
+    if optim.schedule == "constant":
+        return None
+    steps = max(steps, 1)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(optim, s, steps_per_epoch, steps)
+    )

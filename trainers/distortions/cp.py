@@ -26,6 +26,7 @@ from torch import nn
 
 from trainers.distortions.base import Distortion, DistortionContext
 from trainers.distortions.layers import check_restructurable, copy_bias
+from trainers.distortions.lowrank import conv_or_linear_problems
 
 
 def cp_rank(shape: tuple[int, ...] | torch.Size, rank: int | None, ratio: float | None) -> int:
@@ -117,12 +118,7 @@ class CP(Distortion):
         return cp_rank(w.shape, self.rank, self.ratio)
 
     def validate(self, weights: Mapping[str, torch.Tensor]) -> list[str]:
-        return [
-            f"cp: layer {name!r} has shape {tuple(w.shape)}; CP needs a conv kernel "
-            f"(T, S, kh, kw) or a linear weight (out, in) — remove it from the target layers"
-            for name, w in weights.items()
-            if w.dim() not in (2, 4)
-        ]
+        return conv_or_linear_problems(weights, "cp", "CP", "(T, S, kh, kw)")
 
     def apply(
         self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext

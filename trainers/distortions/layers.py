@@ -6,9 +6,9 @@ layer classes below where they cannot (tiled SVD). :data:`LAYERS` lists those cl
 loader of saved models (:mod:`trainers.serialize`) rebuilds them by name, so a new layer class
 goes into this module and into :data:`LAYERS`.
 
-A layer class whose MACs the standard counter (:mod:`trainers.counting`, which sees Conv2d /
-Linear / LSTM) cannot count defines ``forward_macs(output) -> int``, the MACs of the forward
-call that produced ``output``; :func:`trainers.export.model_macs` adds them.
+A layer class whose MACs the counter (:mod:`trainers.counting`, which knows Conv2d / Linear /
+LSTM by their shapes) cannot derive defines ``forward_macs(output) -> int``, the MACs of the
+forward call that produced ``output``; the counter asks it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Shared helpers of the low-rank distortions (SVD, tiled SVD, Tucker-2).
+"""Shared helpers of the low-rank distortions (SVD, tiled SVD, Tucker-2, CP).
 
 All functions work on a leading batch of matrices so that layers (or tiles) of the same shape
 are decomposed by one batched LAPACK/cuSOLVER call: a distortion step runs every pNR optimizer
@@ -121,6 +121,38 @@ def check_matrix_like(name: str, w: torch.Tensor, method: str) -> str | None:
             f"(T, S, d, d) weights can be decomposed — remove it from the target layers"
         )
     return None
+
+
+def matrix_problems(
+    weights: Mapping[str, torch.Tensor],
+    method: str,
+    check: Callable[[str, torch.Tensor, int, int], str | None],
+) -> list[str]:
+    """The validate messages of a method that lowers every weight to a matrix: the
+    :func:`check_matrix_like` message of a weight that is no conv kernel / linear weight, else
+    ``check(name, w, m, n)`` on its lowered ``m×n`` shape (None: fine)."""
+    problems = []
+    for name, w in weights.items():
+        msg = check_matrix_like(name, w, method)
+        if msg is None:
+            m, n = lowered_shape(w)
+            msg = check(name, w, m, n)
+        if msg:
+            problems.append(msg)
+    return problems
+
+
+def conv_or_linear_problems(
+    weights: Mapping[str, torch.Tensor], method: str, label: str, kernel: str
+) -> list[str]:
+    """The validate messages of a kernel decomposition (CP, Tucker-2), which takes conv
+    kernels ``kernel`` (e.g. ``"(T, S, d, d)"``) and linear weights only."""
+    return [
+        f"{method}: layer {name!r} has shape {tuple(w.shape)}; {label} needs a conv kernel "
+        f"{kernel} or a linear weight (out, in) — remove it from the target layers"
+        for name, w in weights.items()
+        if w.dim() not in (2, 4)
+    ]
 
 
 def fmt_list(xs: Iterable[int]) -> str:

@@ -28,7 +28,27 @@ def gaussian_noise(
     return w + std * torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
 
 
-class UniformNoise(Distortion):
+class _SeededNoise(Distortion):
+    """A noise distortion: subclasses implement :meth:`noisy`."""
+
+    def noisy(self, w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """``w`` with noise drawn from ``generator``."""
+        raise NotImplementedError
+
+    def apply(
+        self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
+    ) -> dict[str, torch.Tensor]:
+        # One generator per event (and device), drawn through in a fixed (name) order:
+        # reproducible.
+        gens: dict[torch.device, torch.Generator] = {}
+        out = {}
+        for name, w in weights.items():
+            g = gens.setdefault(w.device, ctx.generator(w.device))
+            out[name] = self.noisy(w, g)
+        return out
+
+
+class UniformNoise(_SeededNoise):
     """Multiplicative uniform noise of amplitude ``a`` (a ∈ [0, 1))."""
 
     name = "uniform_noise"
@@ -38,19 +58,11 @@ class UniformNoise(Distortion):
             raise ValueError(f"uniform_noise: a must be in [0, 1), got {a}")
         self.a = float(a)
 
-    def apply(
-        self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
-    ) -> dict[str, torch.Tensor]:
-        # One generator per event, drawn through in a fixed (name) order: reproducible.
-        gens: dict[torch.device, torch.Generator] = {}
-        out = {}
-        for name, w in weights.items():
-            g = gens.setdefault(w.device, ctx.generator(w.device))
-            out[name] = uniform_noise(w, self.a, g)
-        return out
+    def noisy(self, w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return uniform_noise(w, self.a, generator)
 
 
-class GaussianNoise(Distortion):
+class GaussianNoise(_SeededNoise):
     """Additive Gaussian noise; ``eta`` is the standard deviation of ε."""
 
     name = "gaussian_noise"
@@ -60,12 +72,5 @@ class GaussianNoise(Distortion):
             raise ValueError(f"gaussian_noise: eta must be >= 0, got {eta}")
         self.eta = float(eta)
 
-    def apply(
-        self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
-    ) -> dict[str, torch.Tensor]:
-        gens: dict[torch.device, torch.Generator] = {}
-        out = {}
-        for name, w in weights.items():
-            g = gens.setdefault(w.device, ctx.generator(w.device))
-            out[name] = gaussian_noise(w, self.eta, g)
-        return out
+    def noisy(self, w: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return gaussian_noise(w, self.eta, generator)

@@ -19,9 +19,9 @@ from trainers.distortions.layers import check_restructurable, conv_args, copy_bi
 from trainers.distortions.lowrank import (
     batched_apply,
     ceil_frac,
-    check_matrix_like,
     lowered_shape,
     lowrank_approx,
+    matrix_problems,
     truncated_svd,
 )
 
@@ -83,21 +83,17 @@ class SVD(Distortion):
         return svd_rank(m, n, self.rank, self.ratio)
 
     def validate(self, weights: Mapping[str, torch.Tensor]) -> list[str]:
-        problems = []
-        for name, w in weights.items():
-            msg = check_matrix_like(name, w, "svd")
-            if msg:
-                problems.append(msg)
-                continue
-            m, n = lowered_shape(w)
-            r = self.layer_rank(w)
-            if r > min(m, n):
-                problems.append(
-                    f"svd: layer {name!r} (lowered matrix {m}×{n}) cannot take rank {r} > "
-                    f"min({m}, {n}) = {min(m, n)}; use rank ≤ {min(m, n)}, a ratio instead of a "
-                    f"fixed rank, or drop the layer from the targets"
-                )
-        return problems
+        return matrix_problems(weights, "svd", self._rank_problem)
+
+    def _rank_problem(self, name: str, w: torch.Tensor, m: int, n: int) -> str | None:
+        r = self.layer_rank(w)
+        if r <= min(m, n):
+            return None
+        return (
+            f"svd: layer {name!r} (lowered matrix {m}×{n}) cannot take rank {r} > "
+            f"min({m}, {n}) = {min(m, n)}; use rank ≤ {min(m, n)}, a ratio instead of a "
+            f"fixed rank, or drop the layer from the targets"
+        )
 
     def apply(
         self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext

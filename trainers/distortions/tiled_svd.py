@@ -27,11 +27,11 @@ from trainers.distortions.layers import (
     copy_bias,
 )
 from trainers.distortions.lowrank import (
-    check_matrix_like,
     divisors,
     fmt_list,
     lowered_shape,
     lowrank_approx,
+    matrix_problems,
     truncated_svd,
 )
 
@@ -136,22 +136,17 @@ class TiledSVD(Distortion):
         self.rank = int(rank)
 
     def validate(self, weights: Mapping[str, torch.Tensor]) -> list[str]:
-        problems = []
+        return matrix_problems(weights, "tiled_svd", self._tile_problem)
+
+    def _tile_problem(self, name: str, w: torch.Tensor, m: int, n: int) -> str | None:
         k = self.tile
-        for name, w in weights.items():
-            msg = check_matrix_like(name, w, "tiled_svd")
-            if msg:
-                problems.append(msg)
-                continue
-            m, n = lowered_shape(w)
-            if m % k or n % k:
-                fits = divisors(math.gcd(m, n))
-                problems.append(
-                    f"tiled_svd: layer {name!r} has a lowered matrix of {m}×{n}, which {k}×{k} "
-                    f"tiles do not divide; tile sizes that divide it: {fmt_list(fits)} "
-                    f"(or drop the layer from the targets)"
-                )
-        return problems
+        if not (m % k or n % k):
+            return None
+        return (
+            f"tiled_svd: layer {name!r} has a lowered matrix of {m}×{n}, which {k}×{k} "
+            f"tiles do not divide; tile sizes that divide it: {fmt_list(divisors(math.gcd(m, n)))} "
+            f"(or drop the layer from the targets)"
+        )
 
     def apply(
         self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext

@@ -27,6 +27,7 @@ from trainers.distortions.layers import check_restructurable, conv_args, copy_bi
 from trainers.distortions.lowrank import (
     batched_apply,
     ceil_frac,
+    conv_or_linear_problems,
     leading_left_singular_vectors,
 )
 
@@ -111,12 +112,7 @@ class Tucker2(Distortion):
         return w.dim() == 4
 
     def validate(self, weights: Mapping[str, torch.Tensor]) -> list[str]:
-        return [
-            f"tucker2: layer {name!r} has shape {tuple(w.shape)}; Tucker-2 needs a conv kernel "
-            f"(T, S, d, d) or a linear weight (out, in) — remove it from the target layers"
-            for name, w in weights.items()
-            if w.dim() not in (2, 4)
-        ]
+        return conv_or_linear_problems(weights, "tucker2", "Tucker-2", "(T, S, d, d)")
 
     def apply(
         self, weights: Mapping[str, torch.Tensor], ctx: DistortionContext
