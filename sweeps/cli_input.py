@@ -29,10 +29,12 @@ def set_lines(lines: list[str] | None) -> tuple[list[tuple[str, Any]], list[Prob
 
 def check_tracking_uri_arg(uri: str | None) -> None:
     """A ``--tracking-uri`` MLflow could not use is bad input, said in one line."""
-    # sweeps.spec pulls in torch: imported only by the commands that check a URI.
+    if uri is None:
+        return
+    # sweeps.spec pulls in torch: imported only when a URI is given.
     from sweeps.spec import tracking_uri_problem
 
-    problem = tracking_uri_problem(uri) if uri is not None else None
+    problem = tracking_uri_problem(uri)
     if problem:
         raise ConfigError([problem], f"--tracking-uri {uri}")
 
