@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sweeps.tracking_uri import tracking_uri_problem
 from trainers import yamlio
 from trainers.validation import ConfigError, Problem, shown
 
@@ -31,9 +32,6 @@ def check_tracking_uri_arg(uri: str | None) -> None:
     """A ``--tracking-uri`` MLflow could not use is bad input, said in one line."""
     if uri is None:
         return
-    # sweeps.spec pulls in torch: imported only when a URI is given.
-    from sweeps.spec import tracking_uri_problem
-
     problem = tracking_uri_problem(uri)
     if problem:
         raise ConfigError([problem], f"--tracking-uri {uri}")

@@ -12,6 +12,7 @@ from typing import Any
 from sweeps.cli_input import set_lines
 from sweeps.naming import browse_hint
 from sweeps.outcomes import EXIT_BAD_INPUT
+from sweeps.tracking_uri import tracking_uri_problem
 from trainers.callbacks import Callback
 from trainers.validation import ConfigError, Problem
 
@@ -154,7 +155,6 @@ def _train_final(
 ) -> int:
     # The final training imports torch and MLflow: only for a `compsweep best` file.
     from sweeps.final import read_best, train_final
-    from sweeps.spec import tracking_uri_problem
     from trainers.loop import TrainingDiverged
 
     if args.tracking_uri and tracking_uri_problem(args.tracking_uri):

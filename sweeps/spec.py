@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any
@@ -36,6 +35,7 @@ from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from search_spaces import SPACES, grid_space
 from sweeps.searchers import SAMPLERS, SCHEDULERS
+from sweeps.tracking_uri import tracking_uri_problem
 from trainers.config import ConfigError, MethodName, TrainConfig, parse_train_config, set_dotted
 from trainers.metrics import (
     DEFAULT_OBJECTIVE,
@@ -71,7 +71,6 @@ KNOB_PATHS = {
 DEFAULT_NUM_TRIALS = 8
 # Tracking stores MLflow 3 opens (SQLAlchemy ones also as scheme+driver); a plain path or
 # file: is its retired file store, refused unless MLFLOW_ALLOW_FILE_STORE is set.
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 NAME_PATTERN = r"^[\w.-]+$"
 
 SpaceName = literal_of(SPACES, "search space")
@@ -272,40 +271,6 @@ class SweepSpec(Section):
         first = run.get("seed") if isinstance(run, dict) else None
         first = self.seed if first is None else int(first)
         return [first + r for r in range(self.search.replicates)]
-
-
-def tracking_uri_problem(uri: str) -> str | None:
-    """Why MLflow could not use ``uri`` as its tracking store (from its form alone), or None.
-    Credentials in it are fine."""
-    if not uri.strip():
-        return "empty; leave it out (null) for the embedded SQLite store ./mlflow.db"
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 (raises on a malformed port)
-    except ValueError as e:
-        return f"{shown(uri)} is not a URI ({e})"
-    scheme = parts.scheme.lower().split("+")[0]
-    if scheme in ("", "file") or len(scheme) == 1:  # a path (C:\ too)
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
-            return None
-        return (
-            f"{shown(uri)} is a file path; MLflow 3 no longer tracks to files: use "
-            "sqlite:///PATH/mlflow.db, an http(s)://HOST:PORT server, or leave it out"
-        )
-    if scheme not in TRACKING_SCHEMES:
-        return (
-            f"scheme {parts.scheme!r} is not one MLflow can track to; use one of "
-            f"{', '.join(TRACKING_SCHEMES)} (e.g. http://HOST:5000 or sqlite:///mlflow.db)"
-        )
-    if scheme in ("http", "https") and not parts.hostname:
-        return f"{shown(uri)} names no host; write {scheme}://HOST:PORT"
-    if (
-        scheme == "sqlite"
-        and not uri.lower().startswith("sqlite:///")
-        and uri.lower() != "sqlite://"
-    ):
-        return f"{shown(uri)}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
-    return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,8 +43,11 @@ def _probe(modules: list[str]) -> dict[str, list[str]]:
 
 def test_records_cli_and_help_load_no_heavy_package():
     # sweeps.runner last: it does load Ray and the rest, so the probe is not vacuous.
-    found = _probe(["sweeps.records", "sweeps.cli", "--help", "sweeps.runner"])
+    found = _probe(
+        ["sweeps.records", "sweeps.tracking_uri", "sweeps.cli", "--help", "sweeps.runner"]
+    )
     assert found["sweeps.records"] == []
+    assert found["sweeps.tracking_uri"] == []  # checking a --tracking-uri stays light
     assert found["sweeps.cli"] == []
     assert found["--help"] == []
     assert {"torch", "ray", "optuna"} <= set(found["sweeps.runner"])
