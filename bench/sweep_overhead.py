@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 
 from sweeps.runner import run_sweep
-from sweeps.spec import parse_spec
+from sweeps.spec_checks import parse_spec
 from sweeps.tracking import find_trial_runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -50,6 +50,7 @@ def _stem(a: Analysis) -> str:
 
 
 def _pyplot() -> Any:
+    # matplotlib takes a second to import: only when plotting, with the file backend set first.
     import matplotlib
 
     matplotlib.use("Agg")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import TextIO
@@ -41,6 +42,7 @@ class RunGone(RuntimeError):
 
 def parent_run_state(uri: str, run_id: str, timeout: float = 10.0) -> tuple[str, dict[str, str]]:
     """(status, tags) of a run, failing fast (no retries) when the server does not answer."""
+    # MLflow at call: `status` and `stop` import this module and must start fast.
     from mlflow.exceptions import MlflowException
 
     if urlparse(uri).scheme.lower() in ("http", "https"):
@@ -71,6 +73,7 @@ def parent_run_state(uri: str, run_id: str, timeout: float = 10.0) -> tuple[str,
 
 def set_run_tags(uri: str, run_id: str, tags: dict[str, str], timeout: float = 10.0) -> None:
     """Set tags on a run in one request, failing fast (no retries)."""
+    # MLflow at call, as in parent_run_state.
     if urlparse(uri).scheme.lower() in ("http", "https"):
         from mlflow.utils.credentials import get_default_host_creds
         from mlflow.utils.rest_utils import http_request, verify_rest_response
@@ -126,8 +129,6 @@ class DriverHeartbeat:
             self._beat_tracking(act_on_stop=False)
 
     def _say(self, text: str) -> None:
-        import sys
-
         print(redact(text), file=self.stream or sys.stdout, flush=True)
 
     def _loop(self) -> None:

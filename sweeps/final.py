@@ -163,8 +163,8 @@ def _export_and_register(
     import torch
     from mlflow.models import infer_signature
 
-    from trainers.counting import count_params
-    from trainers.export import export, model_macs
+    from trainers.counting import count_macs, count_params
+    from trainers.export import export
     from trainers.inputs import with_raw_input
     from trainers.packing import pack_sparse, state_bytes
 
@@ -186,7 +186,7 @@ def _export_and_register(
         **final,
         "exported_params": exported_params,
         "exported_macs": float(
-            model_macs(model, trainer.info.input_shape, trainer.info.input_dtype)
+            count_macs(model, trainer.info.input_shape, trainer.info.input_dtype)
         ),
         "bytes_dense": float(bytes_dense),
         "bytes_stored": bytes_stored,

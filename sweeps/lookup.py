@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.driver import DRIVER_GONE_AFTER_S, DRIVER_TAG, HEARTBEAT_TAG, PATH_TAG
+from sweeps.driver import DRIVER_GONE_AFTER_S, DRIVER_TAG, HEARTBEAT_TAG, PATH_TAG, parent_run_state
 from sweeps.lock import holder_alive
-from sweeps.runner import SWEEP_FILE, SweepRecord
-from sweeps.tracking import ROLE_TAG, SWEEP_ID_TAG, mlflow_client
+from sweeps.records import SWEEP_FILE, SweepRecord
+from sweeps.tracking import ROLE_TAG, SWEEP_ID_TAG, default_tracking_uri, mlflow_client
 
 
 @dataclass
@@ -88,14 +88,9 @@ def info_from_run(uri: str, run: Any) -> SweepInfo:
 
 
 def info_from_record(record: SweepRecord) -> SweepInfo:
-    from sweeps.driver import parent_run_state
-
     status, tags = parent_run_state(record.tracking_uri, record.parent_run_id)
     return SweepInfo(
-        sweep_id=record.sweep_id,
-        tracking_uri=record.tracking_uri,
-        experiment_id=record.experiment_id,
-        parent_run_id=record.parent_run_id,
+        **record.facts().run_ids(),
         path=record.path,
         status=status,
         tags=tags,
@@ -106,8 +101,6 @@ def info_from_record(record: SweepRecord) -> SweepInfo:
 def resolve(sweep: str, tracking_uri: str | None = None) -> tuple[SweepInfo, SweepRecord | None]:
     """A sweep by folder (holding ``compsweep.json``) or by id (its parent run in the tracking
     store): its info, and its record when the folder is reachable from here."""
-    from sweeps.tracking import default_tracking_uri
-
     if (Path(sweep) / SWEEP_FILE).is_file():
         record = SweepRecord.load(sweep)
         if tracking_uri:

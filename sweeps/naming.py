@@ -10,6 +10,8 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from trainers.metrics import get_metric
+
 # Knob names shortened in run names (the terminal and the params keep the full names).
 SHORT_KNOBS = {"rate": "r"}
 
@@ -91,8 +93,6 @@ def runs_view_link(base: str, experiment_id: str, order_by: str | None = None) -
     also lists the trial runs the table otherwise folds under their sweep's run."""
     link = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
     if order_by:
-        from trainers.metrics import get_metric
-
         ascending = get_metric(order_by).direction == "min"
         link += f"&orderByKey=metrics.%60{order_by}%60&orderByAsc={str(ascending).lower()}"
     return link

@@ -24,6 +24,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweeps.tracking_schema import STATUS_TAG
+
 STATES = ("finished", "failed", "diverged", "stopped", "killed", "running")
 
 EXIT_OK = 0
@@ -35,8 +37,6 @@ EXIT_INTERRUPTED = 130
 
 def run_state(status: str, tags: dict[str, str]) -> str:
     """The state of a trial run from its MLflow status and ``compsweep.status`` tag."""
-    from sweeps.tracking import STATUS_TAG
-
     tag = tags.get(STATUS_TAG, "")
     if status == "FINISHED":
         return "finished"

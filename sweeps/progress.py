@@ -10,15 +10,22 @@ plain line with the running totals instead.
 from __future__ import annotations
 
 import math
+import os
 import sys
 import threading
 import time
 from typing import Any, TextIO
 
 from ray.tune import Callback
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
 
 from sweeps.naming import fixed_knobs, fmt_knob, label_of, run_name
 from sweeps.secrets import redact
+from sweeps.settling import error_reason
 from sweeps.spec import SweepSpec
 from trainers.metrics import format_metrics, get_metric, rank_key
 
@@ -60,8 +67,6 @@ def eta_seconds(
 
 def wants_live(stream: TextIO) -> bool:
     """A live view only on an interactive terminal that can redraw (not ``TERM=dumb``)."""
-    import os
-
     try:
         tty = stream.isatty()
     except (AttributeError, ValueError):
@@ -159,17 +164,12 @@ class SweepProgress(Callback):
         with _live_lock:
             if _live is not None:
                 return
-            from rich.console import Console
-            from rich.live import Live
-
             console = Console(file=self._out(), highlight=False)
             _live = Live(get_renderable=self._render, console=console, refresh_per_second=2,
                          transient=False, redirect_stdout=True, redirect_stderr=True)  # fmt: skip
             _live.start()
 
     def _console_print(self, text: str) -> None:
-        from rich.text import Text
-
         with _live_lock:
             if _live is not None:
                 _live.console.print(Text(text))
@@ -177,11 +177,6 @@ class SweepProgress(Callback):
         print(text, file=self._out(), flush=True)
 
     def _render(self) -> Any:
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.table import Table
-        from rich.text import Text
-
         trials = list(self._trials)
         done, running = self._counts(trials)
         failed = len(self.failed | {t.trial_id for t in trials if t.status == "ERROR"})
@@ -276,8 +271,6 @@ class SweepProgress(Callback):
         self._line(trials, f"{text} · {self._name(trial)}", ending=trial)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        from sweeps.status import error_reason
-
         self.failed.add(trial.trial_id)
         took = self._took(trial)
         self._line(trials, f"trial {trial.trial_id} FAILED: {error_reason(trial)}{took}", trial)

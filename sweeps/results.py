@@ -19,6 +19,10 @@ from typing import Any
 import yaml
 
 from sweeps.analysis import Analysis, Trial, analyze, pareto_front
+from sweeps.analysis_plots import plot_all
+from sweeps.analysis_report import report_lines, write_tables
+from sweeps.lookup import sweep_parent_runs
+from sweeps.records import SWEEP_FILE, SweepRecord
 from sweeps.tracking import (
     STATUS_REASON_TAG,
     STATUS_TAG,
@@ -43,9 +47,6 @@ class SweepRef:
 
 def resolve_sweep(sweep: str, tracking_uri: str | None = None) -> SweepRef:
     """A sweep by its folder (holding compsweep.json) or by its id (looked up in MLflow)."""
-    from sweeps.lookup import sweep_parent_runs
-    from sweeps.runner import SWEEP_FILE, SweepRecord
-
     if (Path(sweep) / SWEEP_FILE).is_file():
         r = SweepRecord.load(sweep)
         return SweepRef(tracking_uri or r.tracking_uri, r.experiment_id, r.sweep_id, r.parent_run_id,
@@ -163,9 +164,6 @@ def run_analysis(
     metric than the sweep's own logs apart, so that neither overwrites the other:
     ``e_opt.val_loss``, … and ``analysis/val_loss/``.
     """
-    from sweeps.analysis_plots import plot_all
-    from sweeps.analysis_report import report_lines, write_tables
-
     own = analysis_metric(ref)
     metric = analysis_metric(ref, metric)
     suffix, folder = ("", "analysis") if metric == own else (f".{metric}", f"analysis/{metric}")

@@ -9,32 +9,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from search_spaces import branches
+from search_spaces import branches, grid_space
 from trainers.metrics import validation_metrics
 from trainers.validation import Problem
 
 
 def _tpe(spec: Any) -> Any:
-    import optuna
+    import optuna  # at call: spec validation imports this module (see above)
 
     return optuna.samplers.TPESampler(seed=spec.seed)
 
 
 def _nsga2(spec: Any) -> Any:
-    import optuna
+    import optuna  # at call, as in _tpe
 
     return optuna.samplers.NSGAIISampler(seed=spec.seed)
 
 
 def _random(spec: Any) -> Any:
-    import optuna
+    import optuna  # at call, as in _tpe
 
     return optuna.samplers.RandomSampler(seed=spec.seed)
 
 
 def _grid(spec: Any) -> Any:
-    from search_spaces import grid_space
-    from sweeps.grid_sampler import AskTellGridSampler
+    from sweeps.grid_sampler import AskTellGridSampler  # imports Optuna: at call, as in _tpe
 
     grid, _ = grid_space(spec.space.name, spec.space.overrides)
     seeds = spec.replicate_seeds()
@@ -44,7 +43,7 @@ def _grid(spec: Any) -> Any:
 
 
 def _eopt(spec: Any) -> Any:
-    from sweeps.eopt_sampler import EoptSampler
+    from sweeps.eopt_sampler import EoptSampler  # imports Optuna: at call, as in _tpe
 
     given = spec.search.e_opt
     return EoptSampler(
@@ -89,7 +88,7 @@ def eopt_problems(search: Any, metrics: list[str], space: Any) -> list[Problem]:
 
 
 def _asha(spec: Any) -> Any:
-    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.schedulers import ASHAScheduler  # Ray: at call, as Optuna in _tpe
 
     return ASHAScheduler(
         metric=spec.objective.metrics[0],

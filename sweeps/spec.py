@@ -17,37 +17,26 @@ problem at once, one line each, naming its field. The YAML layout::
     tracking: {uri: null}              # null: embedded SQLite store ./mlflow.db
     seed: 0
 
-Checks, in order, each run on every part the previous ones found sound: the sections' models
-(types, bounds, names), the space overrides, the base ``train`` section and then the training
-config of every branch of the space with each knob at both ends of its range (and at each
-choice) on the real data and model (:func:`_train_problems`), the rules between sections, and
-last what this machine must provide (a writable storage path, a reachable tracking store).
+The spec's model is here; :mod:`sweeps.spec_checks` validates a spec in full (every
+section, the training config of every branch of the space, the rules between sections, what
+this machine must provide).
 """
 
 from __future__ import annotations
 
 import copy
 import math
-import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from search_spaces import SPACES, branches, extreme_values, grid_space, override_problems, record
-from sweeps.searchers import SAMPLERS, SCHEDULERS, eopt_problems
-from trainers.config import (
-    ConfigError,
-    MethodName,
-    TrainConfig,
-    parse_train_config,
-    read_mapping,
-    set_dotted,
-    validate_train,
-)
+from search_spaces import SPACES, grid_space
+from sweeps.searchers import SAMPLERS, SCHEDULERS
+from sweeps.tracking_uri import tracking_uri_problem
+from trainers.config import ConfigError, MethodName, TrainConfig, parse_train_config, set_dotted
 from trainers.metrics import (
     DEFAULT_OBJECTIVE,
     METRICS,
@@ -55,20 +44,16 @@ from trainers.metrics import (
     get_metric,
     selectable_metrics,
 )
-from trainers.model_checks import model_problems
 from trainers.validation import (
     Int,
     NonNegativeInt,
     PositiveInt,
-    Problem,
     Section,
     Seed,
     did_you_mean,
-    join,
     literal_of,
     section,
     shown,
-    valid_sections,
     validate,
 )
 
@@ -86,7 +71,6 @@ KNOB_PATHS = {
 DEFAULT_NUM_TRIALS = 8
 # Tracking stores MLflow 3 opens (SQLAlchemy ones also as scheme+driver); a plain path or
 # file: is its retired file store, refused unless MLFLOW_ALLOW_FILE_STORE is set.
-TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
 NAME_PATTERN = r"^[\w.-]+$"
 
 SpaceName = literal_of(SPACES, "search space")
@@ -309,60 +293,11 @@ class SweepSpec(Section):
         return [first + r for r in range(self.search.replicates)]
 
 
-def tracking_uri_problem(uri: str) -> str | None:
-    """Why MLflow could not use ``uri`` as its tracking store (from its form alone), or None.
-    Credentials in it are fine."""
-    if not uri.strip():
-        return "empty; leave it out (null) for the embedded SQLite store ./mlflow.db"
-    try:
-        parts = urlsplit(uri)
-        parts.port  # noqa: B018 (raises on a malformed port)
-    except ValueError as e:
-        return f"{shown(uri)} is not a URI ({e})"
-    scheme = parts.scheme.lower().split("+")[0]
-    if scheme in ("", "file") or len(scheme) == 1:  # a path (C:\ too)
-        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
-            return None
-        return (
-            f"{shown(uri)} is a file path; MLflow 3 no longer tracks to files: use "
-            "sqlite:///PATH/mlflow.db, an http(s)://HOST:PORT server, or leave it out"
-        )
-    if scheme not in TRACKING_SCHEMES:
-        return (
-            f"scheme {parts.scheme!r} is not one MLflow can track to; use one of "
-            f"{', '.join(TRACKING_SCHEMES)} (e.g. http://HOST:5000 or sqlite:///mlflow.db)"
-        )
-    if scheme in ("http", "https") and not parts.hostname:
-        return f"{shown(uri)} names no host; write {scheme}://HOST:PORT"
-    if (
-        scheme == "sqlite"
-        and not uri.lower().startswith("sqlite:///")
-        and uri.lower() != "sqlite://"
-    ):
-        return f"{shown(uri)}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
-    return None
-
-
-def storage_problem(path: str) -> str | None:
-    """Why sweep state could not be written under ``path`` on this machine, or None."""
-    p = Path(path).expanduser()
-    if p.exists() and not p.is_dir():
-        return f"{p} is a file, not a folder"
-    nearest = p
-    while not nearest.exists() and nearest != nearest.parent:
-        nearest = nearest.parent
-    if not nearest.is_dir():
-        return f"{nearest} is a file, so {p} cannot be created"
-    if not os.access(nearest, os.W_OK | os.X_OK):
-        return f"cannot write in {nearest}"
-    return None
-
-
 # --------------------------------------------------------------------------------------------
 # Trial configs
 
 
-def _trial_dict(
+def trial_dict(
     train: Mapping[str, Any],
     method_params: Mapping[str, Any],
     space: str,
@@ -393,295 +328,11 @@ def _trial_dict(
 def trial_train_dict(spec: SweepSpec, knobs: dict[str, Any]) -> dict[str, Any]:
     """The training config (as a mapping) of one trial: the base ``train`` section, the fixed
     knobs of its method, then the searched knobs."""
-    return _trial_dict(spec.train, spec.method_params, spec.space.name, spec.seed, knobs)
+    return trial_dict(spec.train, spec.method_params, spec.space.name, spec.seed, knobs)
 
 
 def trial_config(spec: SweepSpec, knobs: dict[str, Any]) -> TrainConfig:
     return parse_train_config(trial_train_dict(spec, knobs), "trial config")
-
-
-def _middle(dist: dict[str, Any]) -> Any:
-    """A value inside a knob's range, so that checking one knob's ends is not muddled by another's."""
-    if dist["kind"] == "fixed":
-        return dist["value"]
-    if dist["kind"] == "categorical":
-        return dist["taken"]
-    lo, hi = dist["low"], dist["high"]
-    mid = (lo * hi) ** 0.5 if dist.get("log") and lo > 0 else (lo + hi) / 2
-    return round(mid) if dist["kind"] == "int" else mid
-
-
-class _Parts:
-    """The sound parts of a spec being validated (None where a part has problems)."""
-
-    def __init__(self, data: Mapping[str, Any], problems: list[Problem]) -> None:
-        self.sections = valid_sections(SweepSpec, data, problems)
-        bad = {p.path.split(".")[0].split("[")[0] for p in problems}
-        self.train = data.get("train") if isinstance(data.get("train"), dict) else None
-        mp = data.get("method_params")
-        self.method_params = (mp or {}) if "method_params" not in bad else None
-        self.seed = data.get("seed", 0) if "seed" not in bad else 0
-        self.check_data = data.get("check_data", True) if "check_data" not in bad else True
-
-    def __getattr__(self, name: str) -> Any:
-        return self.sections.get(name)
-
-
-def _train_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
-    """The ``train`` section on its own, then (with a sound space) the training config of every
-    branch of the space with its knobs in mid-range and with each knob at both ends of its range
-    (and at each choice), on the real data and model; problems name the spec field to fix."""
-    if parts.train is None:
-        return []
-    models: dict[str, Any] = {}
-    _, sections, base = validate_train(parts.train, knobs=False)
-    problems = [p.under("train") for p in base]
-    # The method and its knobs come from the space: the base section is checked without them.
-    sections.pop("compression", None)
-    problems += [p.under("train") for p in model_problems(sections, parts.check_data, models)]
-    if not space_ok or parts.method_params is None:
-        return problems
-    space = parts.space
-
-    def check(knobs: dict[str, Any]) -> list[Problem]:
-        try:
-            data = _trial_dict(parts.train, parts.method_params, space.name, parts.seed, knobs)
-        except ValueError:  # a train section that is no mapping: reported above
-            return []
-        _, sections, found = validate_train(data)
-        return found + model_problems(sections, parts.check_data, models)
-
-    for knobs in branches(space.name, space.overrides):
-        middle = {k: _middle(d) for k, d in knobs.items()}
-        at_middle = check(middle)
-        problems += [_attribute(parts, p, middle, None) for p in at_middle]
-        for knob, dist in knobs.items():
-            for value in extreme_values(dist):
-                other = dist["kind"] == "categorical" and value != dist["taken"]
-                if other and set(record(space.name, space.overrides, {knob: value})) != set(knobs):
-                    continue  # this choice leads to another branch, checked on its own
-                for p in check({**middle, knob: value}):
-                    if p not in at_middle:
-                        problems.append(_attribute(parts, p, {**middle, knob: value}, knob))
-    return list(dict.fromkeys(problems))  # dedupe, keep order
-
-
-def _attribute(parts: _Parts, p: Problem, knobs: dict[str, Any], varied: str | None) -> Problem:
-    """Name the spec field behind a trial-config problem: the knob whose value provoked it, the
-    method's fixed knobs, or the base ``train`` section."""
-    space = parts.space
-    owner = None  # the knob whose own field the problem is at
-    for k in knobs:
-        path = KNOB_PATHS.get(k, f"compression.params.{k}")
-        if p.path == path or p.path.startswith(path + "."):
-            owner = k
-    knob = (
-        varied
-        if varied is not None and (owner == varied or p.path == "compression.params")
-        else owner
-    )
-    if knob is not None:
-        where = (
-            f"space.overrides.{knob}"
-            if knob in space.overrides
-            else f"space {space.name!r} knob {knob!r}"
-        )
-        return Problem(f"{where} = {knobs[knob]!r}", str(p))
-    method = knobs.get("method") or _given_method(parts)
-    fixed = parts.method_params.get(method, {}) if parts.method_params else {}
-    param = p.path.removeprefix("compression.params.")
-    if p.path.startswith("compression.params.") and param in fixed:
-        return Problem(f"method_params.{method}.{param}", p.message)
-    if p.path.startswith("compression.params"):
-        values = ", ".join(f"{k}={v!r}" for k, v in knobs.items() if k not in KNOB_PATHS)
-        where = f"space.overrides ({values})"
-        if fixed:  # the method's fixed knobs take part too
-            where += f" with method_params.{method} ({', '.join(f'{k}={v!r}' for k, v in fixed.items())})"
-        return Problem(where, str(p))
-    return p.under("train")
-
-
-def _given_method(parts: _Parts) -> str:
-    compression = (parts.train or {}).get("compression")
-    method = compression.get("method") if isinstance(compression, dict) else None
-    return method if isinstance(method, str) and method else parts.space.name
-
-
-# --------------------------------------------------------------------------------------------
-# Rules between sections
-
-
-def _rule_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
-    p: list[Problem] = []
-    objective, search, scheduler = parts.objective, parts.search, parts.scheduler
-    metrics = objective.metrics if objective else []
-    if search and objective and search.sampler == "nsga2" and len(metrics) < 2:
-        p.append(
-            Problem(
-                "search.sampler",
-                "nsga2 is multi-objective; give two or more objective.metrics, or use tpe",
-            )
-        )
-    if scheduler and objective and scheduler.name == "asha":
-        if len(metrics) > 1:
-            p.append(
-                Problem(
-                    "scheduler.name",
-                    "asha stops trials on one metric; use none with several objective.metrics",
-                )
-            )
-        elif get_metric(metrics[0]).when != "evaluation":
-            p.append(
-                Problem(
-                    "scheduler.name",
-                    f"asha compares trials at each evaluation, and {metrics[0]} is known only at "
-                    "the end; use none, or an evaluation metric such as val_accuracy",
-                )
-            )
-    if objective and parts.train is not None:
-        data = parts.train.get("data")
-        fraction = data.get("val_fraction", 0.1) if isinstance(data, dict) else 0.1
-        held_out = [m for m in metrics if get_metric(m).split == "val"]
-        if held_out and fraction == 0:
-            p.append(
-                Problem(
-                    "train.data.val_fraction",
-                    f"is 0, but objective.metrics {', '.join(held_out)} are measured on the "
-                    "validation split; hold out a fraction (e.g. 0.1) or choose other metrics",
-                )
-            )
-    if space_ok and parts.method_params:
-        methods = {
-            b["method"]["taken"]
-            for b in branches(parts.space.name, parts.space.overrides)
-            if "method" in b
-        }
-        methods = methods or {_given_method(parts)}
-        for unused in sorted(set(parts.method_params) - methods):
-            p.append(
-                Problem(
-                    f"method_params.{unused}",
-                    f"space {parts.space.name!r} never trains {unused} (it trains "
-                    f"{', '.join(sorted(methods))})",
-                )
-            )
-    if search:
-        p += eopt_problems(search, metrics, parts.space if space_ok else None)
-    if search and search.sampler != "grid" and search.replicates != 1:
-        p.append(
-            Problem(
-                "search.replicates",
-                f"replicates run each cell of a grid several times; {search.sampler!r} draws "
-                "its own trials: use sampler: grid, or leave replicates out",
-            )
-        )
-    if space_ok and search and search.sampler == "grid":
-        grid, found = grid_space(parts.space.name, parts.space.overrides)
-        p += found
-        budget = parts.budget
-        size = math.prod(map(len, grid.values()))
-        runs = size * search.replicates
-        each = "once" if search.replicates == 1 else f"{search.replicates} times (replicates)"
-        if not found and budget and budget.num_trials not in (None, runs):
-            p.append(
-                Problem(
-                    "budget.num_trials",
-                    f"a grid runs each of its {size} cells {each}; leave num_trials out or set "
-                    f"it to {runs} (got {budget.num_trials})",
-                )
-            )
-    return p
-
-
-def _environment_problems(
-    parts: _Parts, check_tracking: bool, check_storage: bool
-) -> list[Problem]:
-    """What this machine must provide: a storage folder it can write, a tracking store it can use."""
-    p = []
-    if check_storage and parts.storage is not None:
-        problem = storage_problem(parts.storage.path)
-        if problem:
-            p.append(Problem("storage.path", problem))
-    if check_tracking and parts.tracking is not None and parts.tracking.uri:
-        from sweeps.tracking import check_tracking_uri
-
-        problem = check_tracking_uri(parts.tracking.uri)
-        if problem:
-            p.append(Problem("", problem))  # worded with its field already
-    return p
-
-
-# --------------------------------------------------------------------------------------------
-# Entry points
-
-
-def _retired(data: dict[str, Any]) -> list[Problem]:
-    """Fields earlier versions took, taken out of ``data`` with a problem that says what now."""
-    objective = data.get("objective")
-    if isinstance(objective, dict) and "modes" in objective:
-        data["objective"] = {k: v for k, v in objective.items() if k != "modes"}
-        metrics = objective.get("metrics") or [DEFAULT_OBJECTIVE]
-        known = [m for m in metrics if isinstance(m, str) and m in METRICS]
-        directions = ", ".join(f"{m}: {METRICS[m].direction}" for m in known)
-        return [
-            Problem(
-                "objective.modes",
-                "remove it: directions come from the metric catalogue"
-                + (f" ({directions})" if directions else ""),
-            )
-        ]
-    return []
-
-
-def spec_problems(
-    data: Any, *, check_tracking: bool = True, check_storage: bool = True
-) -> tuple[SweepSpec | None, list[Problem]]:
-    """Every problem of spec mapping ``data``, and the spec when there is none."""
-    if not isinstance(data, dict):
-        return None, validate(SweepSpec, data)[1]
-    data = dict(data)
-    problems = _retired(data)
-    problems += validate(SweepSpec, data)[1]
-    parts = _Parts(data, problems)
-    space_ok = parts.space is not None
-    if space_ok:
-        found = override_problems(parts.space.name, parts.space.overrides)
-        problems += found
-        space_ok = not found
-    problems += _train_problems(parts, space_ok)
-    problems += _rule_problems(parts, space_ok)
-    problems += _environment_problems(parts, check_tracking, check_storage)
-    problems = list(dict.fromkeys(problems))
-    if problems:
-        return None, problems
-    return SweepSpec.model_validate(data), []
-
-
-def parse_spec(
-    data: Any,
-    source: str = "sweep spec",
-    check_tracking: bool = True,
-    *,
-    check_storage: bool | None = None,
-) -> SweepSpec:
-    """Validate a sweep spec mapping in full; raise :class:`SpecError` listing every problem.
-
-    ``check_tracking``: the tracking store must be reachable from here; ``check_storage``
-    (default: as ``check_tracking``): the storage path must be writable from here. Both are off
-    when the sweep runs elsewhere (``compsweep submit``).
-    """
-    check_storage = check_tracking if check_storage is None else check_storage
-    spec, problems = spec_problems(data, check_tracking=check_tracking, check_storage=check_storage)
-    if problems or spec is None:
-        raise SpecError(problems, source)
-    return spec
-
-
-def load_spec(
-    path: str | Path, check_tracking: bool = True, *, check_storage: bool | None = None
-) -> SweepSpec:
-    data = read_mapping(path, "sweep spec", SweepSpec.model_fields, SpecError)
-    return parse_spec(data, str(path), check_tracking, check_storage=check_storage)
 
 
 def from_dict_spec(data: dict[str, Any]) -> SweepSpec:
@@ -697,10 +348,8 @@ __all__ = [
     "SpecError",
     "SweepSpec",
     "from_dict_spec",
-    "join",
-    "load_spec",
-    "parse_spec",
-    "spec_problems",
+    "tracking_uri_problem",
     "trial_config",
+    "trial_dict",
     "trial_train_dict",
 ]

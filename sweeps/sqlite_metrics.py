@@ -55,6 +55,7 @@ class SqliteMetricWriter:
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
+        # MLflow at use: sweeps.tracking imports this module, and the CLI imports that.
         from mlflow.utils.validation import _validate_metric_name
 
         if not os.path.isfile(path):
@@ -75,7 +76,7 @@ class SqliteMetricWriter:
 
     def valid(self, points: Sequence[Point]) -> bool:
         """Whether MLflow would accept every point (else the caller lets MLflow sort them)."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # at use, as in __init__
 
         for key, value, _, _ in points:
             if isinstance(value, bool) or not isinstance(value, int | float):

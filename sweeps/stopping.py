@@ -19,11 +19,15 @@ import time
 from pathlib import Path
 from typing import TextIO
 
+from ray.job_submission import JobSubmissionClient
+
+from sweeps.cluster import ray_auth_env
 from sweeps.driver import RAY_JOB_TAG, STOP_TAG, parent_run_state, set_run_tags
 from sweeps.lock import read_holder
 from sweeps.lookup import SweepInfo, describe_driver, driver_alive, resolve
+from sweeps.records import SweepFacts
 from sweeps.secrets import redact
-from sweeps.status import settle_trial_run
+from sweeps.settling import settle_trial_run
 from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, find_trial_runs, finish_run
 
 
@@ -42,12 +46,7 @@ def latest_checkpoint(path: str, trial_id: str) -> str | None:
 def settle_orphans(info: SweepInfo, reason: str) -> int:
     """End every trial run of the sweep still RUNNING as KILLED (``killed``), with what its
     latest checkpoint held unsent; then the parent run. Returns how many trial runs."""
-    facts = {
-        "tracking_uri": info.tracking_uri,
-        "experiment_id": info.experiment_id,
-        "sweep_id": info.sweep_id,
-        "parent_run_id": info.parent_run_id,
-    }
+    facts = SweepFacts(info.sweep_id, info.tracking_uri, info.experiment_id, info.parent_run_id)
     tags = {STATUS_TAG: "killed", STATUS_REASON_TAG: reason}
     n = 0
     for run in find_trial_runs(info.tracking_uri, info.experiment_id, info.sweep_id):
@@ -75,10 +74,6 @@ def _signal_local_driver(path: str) -> bool:
 
 
 def _stop_ray_job(address: str, job_id: str, stream: TextIO | None) -> None:
-    from ray.job_submission import JobSubmissionClient
-
-    from sweeps.runner import ray_auth_env
-
     os.environ.update(ray_auth_env())
     try:
         JobSubmissionClient(address).stop_job(job_id)

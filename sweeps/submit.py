@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from sweeps.runner import RAY_JOB_ENV, ray_auth_env
+from sweeps.cluster import RAY_JOB_ENV, ray_auth_env
 from sweeps.secrets import PASSWORD_VAR, USERNAME_VAR, redact, split_credentials
 from sweeps.spec import SweepSpec
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sweeps.records import flatten
+
 ROLE_TAG = "compsweep.role"
 SWEEP_ID_TAG = "compsweep.sweep_id"
 TRIAL_ID_TAG = "compsweep.trial_id"
@@ -36,17 +38,10 @@ MAX_TAG_VAL_LENGTH = 8000
 Point = tuple[str, float, int, int]
 
 
-def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": "0.1"}``, values stringified and cut to
-    MLflow's length limit."""
-    out: dict[str, str] = {}
-    for k, v in params.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, Mapping) and v:
-            out.update(flatten_params(v, key + "."))
-        else:
-            out[key] = str(v)[:MAX_PARAM_VAL_LENGTH]
-    return out
+def flatten_params(params: Mapping[str, Any]) -> dict[str, str]:
+    """``{"optim": {"lr": 0.1}}`` → ``{"optim.lr": "0.1"}``: :func:`sweeps.records.flatten`
+    with values stringified and cut to MLflow's length limit."""
+    return {k: str(v)[:MAX_PARAM_VAL_LENGTH] for k, v in flatten(params).items()}
 
 
 def tag_items(tags: Mapping[str, Any]) -> list[tuple[str, str]]:

@@ -10,12 +10,15 @@ import fcntl
 import os
 import threading
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 from sweeps.tracking_schema import safe_name
+from trainers.validation import shown
 
 # HTTP settings for trial processes: fail fast while the server is down (our own loop
 # retries with backoff and keeps the data) instead of MLflow's default ~4 minutes of retries.
+TRACKING_SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks")
+
 HTTP_ENV_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 
 
@@ -150,3 +153,37 @@ def local_artifact_location(uri: str, name: str) -> str | None:
     if db is None:
         return None
     return (db.resolve().parent / "mlartifacts" / safe_name(name)).as_uri()
+
+
+def tracking_uri_problem(uri: str) -> str | None:
+    """Why MLflow could not use ``uri`` as its tracking store (from its form alone), or None.
+    Credentials in it are fine."""
+    if not uri.strip():
+        return "empty; leave it out (null) for the embedded SQLite store ./mlflow.db"
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError as e:
+        return f"{shown(uri)} is not a URI ({e})"
+    scheme = parts.scheme.lower().split("+")[0]
+    if scheme in ("", "file") or len(scheme) == 1:  # a path (C:\ too)
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
+            return None
+        return (
+            f"{shown(uri)} is a file path; MLflow 3 no longer tracks to files: use "
+            "sqlite:///PATH/mlflow.db, an http(s)://HOST:PORT server, or leave it out"
+        )
+    if scheme not in TRACKING_SCHEMES:
+        return (
+            f"scheme {parts.scheme!r} is not one MLflow can track to; use one of "
+            f"{', '.join(TRACKING_SCHEMES)} (e.g. http://HOST:5000 or sqlite:///mlflow.db)"
+        )
+    if scheme in ("http", "https") and not parts.hostname:
+        return f"{shown(uri)} names no host; write {scheme}://HOST:PORT"
+    if (
+        scheme == "sqlite"
+        and not uri.lower().startswith("sqlite:///")
+        and uri.lower() != "sqlite://"
+    ):
+        return f"{shown(uri)}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+    return None

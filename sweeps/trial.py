@@ -13,24 +13,28 @@ checkpoint, where it would diverge again.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
 import yaml
+from ray import tune
+from ray.tune import Checkpoint
 
 from sweeps.naming import fixed_knobs, run_name, trial_label
+from sweeps.records import TRACKER_FILE, TRAINER_FILE, SweepFacts
 from sweeps.spec import SweepSpec, from_dict_spec, trial_train_dict
 from sweeps.tracking import METHOD_TAG, STATUS_REASON_TAG, STATUS_TAG, TrialTracker
 from trainers.callbacks import Callback
 from trainers.config import parse_train_config
+from trainers.export import export, save_exported
+from trainers.inputs import with_raw_input
 from trainers.loop import Trainer, TrainingDiverged
-
-TRAINER_FILE = "trainer.pt"
-TRACKER_FILE = "tracker.pkl"
 
 
 class TuneBridge(Callback):
@@ -52,17 +56,12 @@ class TuneBridge(Callback):
         # Phase scalars (e.g. compress_pruning_ratio) arrive with the final metrics too; the
         # per-layer details (gate histograms, kept ranks) go in as a JSON artifact.
         if details:
-            import json
-
             with tempfile.TemporaryDirectory() as d:
                 path = Path(d) / f"phase_{phase}.json"
                 path.write_text(json.dumps(details, indent=1, default=str))
                 self.tracker.log_artifact(str(path), "phases")
 
     def on_evaluation(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
-        from ray import tune
-        from ray.tune import Checkpoint
-
         self.tracker.log_metrics(metrics, step=step)
         if self.flush_each_evaluation:
             # A scheduler may stop this trial after the report: send what is buffered first
@@ -90,7 +89,7 @@ def set_trial_threads(cfg: Any, cpus: float) -> None:
         cfg.run.threads = max(1, int(cpus))
 
 
-def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], sweep: SweepFacts) -> None:
     """The Tune trainable. ``config`` holds the searched knobs; ``sweep`` the fixed sweep facts
     (spec, sweep id, tracking URI, experiment id, parent run id)."""
     # Tune runs the next trial in this same process (reuse_actors): leave torch's process-wide
@@ -103,10 +102,8 @@ def train_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         torch.use_deterministic_algorithms(deterministic)
 
 
-def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
-    from ray import tune
-
-    spec: SweepSpec = from_dict_spec(sweep["spec"])
+def _run_trial(config: dict[str, Any], sweep: SweepFacts) -> None:
+    spec: SweepSpec = from_dict_spec(sweep.spec)
     knobs = dict(config)
     train_dict = trial_train_dict(spec, knobs)
     cfg = parse_train_config(train_dict, "trial config")
@@ -124,10 +121,7 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
                 tracker_state = pickle.load(f)
 
     tracker = TrialTracker(
-        tracking_uri=sweep["tracking_uri"],
-        experiment_id=sweep["experiment_id"],
-        sweep_id=sweep["sweep_id"],
-        parent_run_id=sweep["parent_run_id"],
+        **sweep.run_ids(),
         trial_id=trial_id,
         run_name=run_name(
             cfg.compression.method,
@@ -138,8 +132,6 @@ def _run_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         state=tracker_state,
     )
     # Where this attempt runs (a restored trial may land on another node).
-    import ray
-
     ctx = ray.get_runtime_context()
     tracker.set_tags(
         {
@@ -203,8 +195,6 @@ def _end_diverged(
 ) -> None:
     """Settle a diverged trial: its run FAILED with the reason, then a last result that the
     driver reads as a failure (the searcher records it failed, nothing ranks it)."""
-    from ray import tune
-
     tracker.set_tags({STATUS_TAG: "diverged", STATUS_REASON_TAG: diverged.reason})
     # Closed here, before the report: a scheduler may stop the trial inside tune.report.
     tracker.close(status="FAILED", timeout=flush_timeout)
@@ -224,9 +214,6 @@ def _end_diverged(
 def save_compressed_model(trainer: Trainer, path: str | Path) -> None:
     """The exported (structurally compressed, where the method allows) model, behind the
     dataset's raw-input adapter: like a registered model, it takes the raw samples."""
-    from trainers.export import export, save_exported
-    from trainers.inputs import with_raw_input
-
     model = trainer.model
     if trainer.distortion is not None:
         model = export(trainer.model, trainer.distortion, list(trainer.targets))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 from sweeps.naming import runs_view_link
@@ -106,8 +107,6 @@ def direct_command(uri: str, host: str, port: int, workers: int) -> tuple[list[s
     variables), without the ``mlflow`` command's own process, which imports all of MLflow once
     more only to start this one: about half the time to the first answer. Falls back to
     :func:`server_command` if a later MLflow moves the app (see :func:`serve`)."""
-    import uuid
-
     env = {
         "_MLFLOW_SERVER_FILE_STORE": uri,
         "_MLFLOW_SERVER_REGISTRY_STORE": uri,

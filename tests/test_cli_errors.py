@@ -210,7 +210,7 @@ def test_an_unexpected_error_is_one_line_and_not_bad_input(files, capsys, monkey
     def broken(*a, **k):
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr("sweeps.spec.spec_problems", broken)
+    monkeypatch.setattr("sweeps.spec_checks.spec_problems", broken)
     assert main(["run", "spec.yaml", "--check"]) == 1
     err = capsys.readouterr().err
     assert (

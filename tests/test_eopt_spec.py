@@ -6,7 +6,8 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.searchers import SAMPLERS
-from sweeps.spec import SpecError, parse_spec
+from sweeps.spec import SpecError
+from sweeps.spec_checks import parse_spec
 from trainers import yamlio
 
 

@@ -17,8 +17,9 @@ from test_sweeps import local_ray  # noqa: F401 - the module-scoped local Ray ru
 
 from sweeps.cli import main
 from sweeps.eopt_sampler import E_W_ATTR, PHASE_ATTR, SOURCE_ATTR
-from sweeps.runner import SweepRecord, run_sweep
-from sweeps.spec import parse_spec
+from sweeps.records import SweepRecord
+from sweeps.runner import run_sweep
+from sweeps.spec_checks import parse_spec
 from trainers import yamlio
 
 # The local Ray runtime of tests/test_sweeps.py, once per module.

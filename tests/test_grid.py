@@ -10,7 +10,8 @@ from sweep_helpers import sweep_runs, tiny_spec
 
 from search_spaces import define_by_run
 from sweeps.searchers import SAMPLERS
-from sweeps.spec import SpecError, parse_spec
+from sweeps.spec import SpecError
+from sweeps.spec_checks import parse_spec
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 GRID = {"pnr": {"choices": [2, 3]}, "rate": {"choices": [0.5, 0.8]}, "lr": 0.05}

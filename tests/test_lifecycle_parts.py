@@ -15,7 +15,7 @@ import pytest
 from sweeps.lock import LOCK_FILE, STALE_AFTER_S, SweepBusy, SweepLock, holder_alive
 from sweeps.outcomes import Outcome, run_state
 from sweeps.secrets import move_credentials_to_env, redact, split_credentials
-from sweeps.spec import parse_spec
+from sweeps.spec_checks import parse_spec
 from sweeps.submit import submit_problems
 
 
@@ -142,7 +142,7 @@ def test_a_restored_trial_whose_checkpoint_was_deleted_continues_from_its_newest
     from ray.train import Checkpoint
     from ray.train._internal.session import _TrainingResult
 
-    from sweeps.status import repoint_stale_checkpoint
+    from sweeps.settling import repoint_stale_checkpoint
 
     trial_dir = tmp_path / "train_trial_abc"
     for i in (6, 7):

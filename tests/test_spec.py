@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.spec import SpecError, from_dict_spec, load_spec, parse_spec, trial_train_dict
+from sweeps.spec import SpecError, from_dict_spec, trial_train_dict
+from sweeps.spec_checks import load_spec, parse_spec
 from trainers import yamlio
 
 SPECS = sorted((Path(__file__).parent.parent / "sweeps" / "specs").glob("*.yaml"))

@@ -21,8 +21,9 @@ import ray
 from mlflow import MlflowClient
 from sweep_helpers import assert_complete_series, sweep_runs, tiny_spec
 
-from sweeps.runner import SweepRecord, run_sweep
-from sweeps.spec import parse_spec
+from sweeps.records import SweepRecord
+from sweeps.runner import run_sweep
+from sweeps.spec_checks import parse_spec
 
 pytestmark = pytest.mark.integration
 

@@ -161,6 +161,8 @@ def _tensor_splits(
 
 def _load_digits(cfg: CommonOptions) -> DataSplits:
     """scikit-learn's 1797 8x8 digits: fixed stratified 1437/360 split, no download."""
+    # scikit-learn and torchvision are imported on use, here and below: each adds seconds to
+    # importing trainers/, and a run loads one dataset.
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 

@@ -32,7 +32,6 @@ __all__ = [
     "count_nonzero",
     "export",
     "load_exported",
-    "model_macs",
     "save_exported",
 ]
 
@@ -79,11 +78,6 @@ def export(model: nn.Module, distortion: Distortion, targets: Sequence[str]) -> 
 
 # --------------------------------------------------------------------------------------------
 # Report
-
-
-# One counter for the dense and the exported model (trainers.counting counts the project's own
-# layers too); the name stays for the callers that import it from here.
-model_macs = count_macs
 
 
 def count_nonzero(model: nn.Module) -> int:

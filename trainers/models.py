@@ -296,7 +296,7 @@ def _vgg19(info: DataInfo) -> nn.Module:
 
 
 def _torchvision_resnet(info: DataInfo, *, arch: str) -> nn.Module:
-    import torchvision
+    import torchvision  # on use: seconds to import, and only these models need it
 
     c, h, w = _image_shape(arch, info)
     model = getattr(torchvision.models, arch)(weights=None, num_classes=info.num_classes)

@@ -8,6 +8,7 @@ model from plain data: ``torch.load(weights_only=True)``, no pickled code.
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import inspect
 import json
@@ -109,8 +110,6 @@ def _resolve_function(ref: str) -> Callable[..., Any]:
     if mod_name == "builtins":
         if attr not in _BUILTINS:
             raise ValueError(f"load_exported: builtin {attr!r} is not allowed in a graph")
-        import builtins
-
         return getattr(builtins, attr)
     if mod_name.split(".")[0] not in _FUNCTION_MODULES:
         raise ValueError(f"load_exported: functions from {mod_name!r} are not allowed in a graph")

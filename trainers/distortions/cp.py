@@ -45,7 +45,7 @@ def cp_factors(w: torch.Tensor, rank: int, iters: int = 50) -> list[torch.Tensor
     Deterministic: SVD start (padded from a fixed seed when ``rank`` exceeds a mode's size)
     and a fixed number of ALS sweeps, so a resumed run reproduces the same factors.
     """
-    import tensorly as tl
+    import tensorly as tl  # on use: seconds to import, and only CP needs it
     from tensorly.decomposition import parafac
 
     # TensorLy's backend is process state: set for this thread only, and put back.

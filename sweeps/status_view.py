@@ -8,9 +8,16 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from sweeps.lookup import SweepInfo, describe_driver, info_from_record, info_from_run, resolve
+from sweeps.lookup import (
+    SweepInfo,
+    describe_driver,
+    info_from_record,
+    info_from_run,
+    resolve,
+    sweep_parent_runs,
+)
 from sweeps.outcomes import STATES, run_state
-from sweeps.runner import SWEEP_FILE, SweepRecord
+from sweeps.records import SWEEP_FILE, SweepRecord
 from sweeps.secrets import redact
 from sweeps.tracking import (
     STATUS_REASON_TAG,
@@ -18,6 +25,7 @@ from sweeps.tracking import (
     find_trial_runs,
     is_auth_error,
 )
+from trainers.metrics import METRICS, rank_key
 
 
 def _tracking_error(uri: str, e: Exception) -> str:
@@ -75,8 +83,6 @@ def show_status(
             errors.append(f"{record.sweep_id}: {_tracking_error(record.tracking_uri, e)}")
     uri = tracking_uri or default_tracking_uri()
     try:
-        from sweeps.lookup import sweep_parent_runs
-
         if not uri.startswith("sqlite:") or Path(uri.split(":///", 1)[-1]).is_file():
             for run in sweep_parent_runs(uri):
                 info = info_from_run(uri, run)
@@ -103,8 +109,9 @@ def show_status(
 
 
 def _show_one(sweep: str, tracking_uri: str | None, out: TextIO) -> int:
+    # Ray, via the progress table: only for one sweep's trials, so the list of sweeps is fast.
     from sweeps.progress import print_table
-    from sweeps.runner import trial_rows
+    from sweeps.sweep_end import trial_rows
 
     try:
         info, record = resolve(sweep, tracking_uri)
@@ -126,8 +133,6 @@ def _show_one(sweep: str, tracking_uri: str | None, out: TextIO) -> int:
                              info.parent_run_id)  # fmt: skip
     rows = trial_rows(record, runs)
     objective = ((record.spec.get("objective") or {}).get("metrics") or ["val_accuracy"])[0]
-    from trainers.metrics import METRICS, rank_key
-
     if objective in METRICS:
         rows.sort(key=lambda r: (r["status"] != "finished", rank_key(objective, r.get(objective))))
     print_table(rows, out)

@@ -11,9 +11,12 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from ray.train import Checkpoint
+from ray.train._internal.session import _TrainingResult
 from ray.tune import Callback
 
-from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker
+from sweeps.records import TRACKER_FILE, SweepFacts
+from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker, find_trial_runs
 
 # Per sweep id, in the driver process (Tune may copy callback objects, so not on them): Tune's
 # live list of trials, and the ids of trials that really ended (completed, stopped early, failed
@@ -24,7 +27,7 @@ _ENDED: dict[str, set[str]] = {}
 
 
 def settle_trial_run(
-    facts: dict[str, Any],
+    facts: SweepFacts,
     trial_id: str,
     status: str,
     checkpoint_dir: str | None,
@@ -32,20 +35,11 @@ def settle_trial_run(
     timeout: float = 60.0,
 ) -> bool:
     """Flush what the trial's latest checkpoint held, tag the run and set its final status."""
-    from sweeps.trial import TRACKER_FILE
-
     state = None
     if checkpoint_dir and (Path(checkpoint_dir) / TRACKER_FILE).is_file():
         with open(Path(checkpoint_dir) / TRACKER_FILE, "rb") as f:
             state = pickle.load(f)
-    tracker = TrialTracker(
-        tracking_uri=facts["tracking_uri"],
-        experiment_id=facts["experiment_id"],
-        sweep_id=facts["sweep_id"],
-        parent_run_id=facts["parent_run_id"],
-        trial_id=trial_id,
-        state=state,
-    )
+    tracker = TrialTracker(**facts.run_ids(), trial_id=trial_id, state=state)
     if tags:
         tracker.set_tags(tags)
     return tracker.close(status=status, timeout=timeout)
@@ -68,9 +62,6 @@ def repoint_stale_checkpoint(trial: Any) -> bool:
     latest state (its tracker state included), so the trial continues from there. Runs before
     Tune restores anything (at the first step of a resumed sweep); local storage only.
     """
-    from ray.train import Checkpoint
-    from ray.train._internal.session import _TrainingResult
-
     try:
         ckpt = trial.checkpoint
         if ckpt is None or Path(ckpt.path).is_dir():
@@ -131,11 +122,11 @@ class TrialRunStatus(Callback):
     failed for good FAILED (``failed``, with the error's last line as the reason); a diverged
     trial has settled its own run (FAILED, with the reason) and is left alone."""
 
-    def __init__(self, facts: dict[str, Any]) -> None:
+    def __init__(self, facts: SweepFacts) -> None:
         self.facts = facts
 
     def on_step_begin(self, iteration, trials, **info):
-        sweep_id = self.facts["sweep_id"]
+        sweep_id = self.facts.sweep_id
         if sweep_id not in _LIVE_TRIALS:  # first step: trials that ended before a resume
             ended = {t.trial_id for t in trials if t.status in ("TERMINATED", "ERROR")}
             _ENDED.setdefault(sweep_id, set()).update(ended)
@@ -145,7 +136,7 @@ class TrialRunStatus(Callback):
         _LIVE_TRIALS[sweep_id] = trials
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        _ENDED.setdefault(self.facts["sweep_id"], set()).add(trial.trial_id)
+        _ENDED.setdefault(self.facts.sweep_id, set()).add(trial.trial_id)
         result = trial.last_result or {}
         if result.get("completed") or result.get("diverged"):
             return  # the trial closed its own run (FINISHED, or FAILED as diverged)
@@ -155,24 +146,22 @@ class TrialRunStatus(Callback):
         settle_trial_run(self.facts, trial.trial_id, "KILLED", _checkpoint_dir(trial), tags)
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        _ENDED.setdefault(self.facts["sweep_id"], set()).add(trial.trial_id)
+        _ENDED.setdefault(self.facts.sweep_id, set()).add(trial.trial_id)
         tags = {STATUS_TAG: "failed", STATUS_REASON_TAG: error_reason(trial)}
         settle_trial_run(self.facts, trial.trial_id, "FAILED", _checkpoint_dir(trial), tags)
 
 
-def settle_open_runs(facts: dict[str, Any], reason: str) -> int:
+def settle_open_runs(facts: SweepFacts, reason: str) -> int:
     """After ``fit()`` returned: end every run of the sweep still open KILLED (``killed``), the
     trials Tune stopped with the sweep with what their last checkpoint held. Returns how many."""
-    from sweeps.tracking import find_trial_runs
-
     tags = {STATUS_TAG: "killed", STATUS_REASON_TAG: reason}
     settled = 0
-    known = {t.trial_id for t in tune_trials(facts["sweep_id"])}
-    for trial in unended_trials(facts["sweep_id"]):
+    known = {t.trial_id for t in tune_trials(facts.sweep_id)}
+    for trial in unended_trials(facts.sweep_id):
         settle_trial_run(facts, trial.trial_id, "KILLED", _checkpoint_dir(trial), tags)
         settled += 1
     try:
-        runs = find_trial_runs(facts["tracking_uri"], facts["experiment_id"], facts["sweep_id"])
+        runs = find_trial_runs(facts.tracking_uri, facts.experiment_id, facts.sweep_id)
     except Exception:
         return settled
     for run in runs:

@@ -1,0 +1,61 @@
+"""The command line's shared input: ``--set`` lines, a sweep spec with its overrides, a
+``--tracking-uri`` given on the command line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sweeps.tracking_uri import tracking_uri_problem
+from trainers import yamlio
+from trainers.validation import ConfigError, Problem, shown
+
+
+def set_lines(lines: list[str] | None) -> tuple[list[tuple[str, Any]], list[Problem]]:
+    """``--set KEY=VALUE`` lines as (dotted key, value) pairs; values read as YAML (``1e-3`` is a
+    number), one problem per line that is no ``KEY=VALUE`` or holds broken YAML."""
+    pairs, problems = [], []
+    for text in lines or []:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip():
+            problems.append(
+                Problem("--set", f"{shown(text)}: give KEY=VALUE, e.g. --set optim.lr=0.01")
+            )
+            continue
+        try:
+            pairs.append((key.strip(), yamlio.parse_scalar(value, strict=True)))
+        except yamlio.YamlError as e:
+            problems.append(Problem(f"--set {key.strip()}", str(e)))
+    return pairs, problems
+
+
+def check_tracking_uri_arg(uri: str | None) -> None:
+    """A ``--tracking-uri`` MLflow could not use is bad input, said in one line."""
+    if uri is None:
+        return
+    problem = tracking_uri_problem(uri)
+    if problem:
+        raise ConfigError([problem], f"--tracking-uri {uri}")
+
+
+def read_spec(
+    path: str, lines: list[str] | None, check_tracking: bool = True, check_storage: bool = True
+) -> tuple[Any, list[tuple[str, Any]]]:
+    """The validated spec at ``path`` with its ``--set`` lines applied, and those lines; every
+    problem (of the file, the lines and the spec) raised at once as a SpecError."""
+    # Validation reads the data and builds the models (torch): only for commands that take a spec.
+    from sweeps import spec_checks
+    from sweeps.spec import SpecError, SweepSpec
+    from trainers.config import apply_overrides, read_mapping
+
+    overrides, problems = set_lines(lines)
+    try:
+        data = read_mapping(path, "sweep spec", SweepSpec.model_fields, SpecError)
+    except SpecError as e:
+        raise SpecError([*problems, *e.problems], path) from None
+    problems += apply_overrides(data, overrides)
+    spec, found = spec_checks.spec_problems(
+        data, check_tracking=check_tracking, check_storage=check_storage
+    )
+    if problems or found or spec is None:
+        raise SpecError([*problems, *found], path)
+    return spec, overrides
