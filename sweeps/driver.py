@@ -60,7 +60,7 @@ def parent_run_state(uri: str, run_id: str, timeout: float = 10.0) -> tuple[str,
             raise
         tags = {t["key"]: t.get("value", "") for t in run.get("data", {}).get("tags", [])}
         return run["info"]["status"], tags
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # (at call, as above)
 
     try:
         run = MlflowClient(uri).get_run(run_id)
@@ -84,7 +84,7 @@ def set_run_tags(uri: str, run_id: str, tags: dict[str, str], timeout: float = 1
                             timeout=timeout, json=body)  # fmt: skip
         verify_rest_response(resp, endpoint)
         return
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # (at call, as above)
     from mlflow.entities import RunTag
 
     MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()])

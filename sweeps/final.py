@@ -13,8 +13,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
+import trainers
 from sweeps.quiet import library_prints
 from sweeps.tracking import (
     METHOD_TAG,
@@ -30,7 +32,11 @@ from sweeps.tracking import (
 )
 from trainers.callbacks import Callback, ConsoleProgress
 from trainers.config import ConfigError, TrainConfig, parse_train_config, read_mapping, set_dotted
+from trainers.counting import count_macs, count_params
+from trainers.export import export
+from trainers.inputs import to_raw, with_raw_input
 from trainers.loop import Trainer, TrainingDiverged
+from trainers.packing import pack_sparse, state_bytes
 
 log = logging.getLogger(__name__)
 
@@ -158,15 +164,10 @@ def _export_and_register(
     """Export the trained model, log its sizes and config into the final run, log it as the
     run's ``model`` and register it; the summary, ``run_id``, ``model_name`` and
     ``model_version``."""
-    import mlflow  # deferred: mlflow and torch cost seconds to import
+    # MLflow's model flavours take seconds to import: only when a final run logs its model.
+    import mlflow
     import mlflow.pytorch
-    import torch
     from mlflow.models import infer_signature
-
-    from trainers.counting import count_macs, count_params
-    from trainers.export import export
-    from trainers.inputs import with_raw_input
-    from trainers.packing import pack_sparse, state_bytes
 
     model = trainer.model
     if trainer.distortion is not None:
@@ -289,10 +290,6 @@ def servable_model(model: Any, trainer: Any) -> tuple[Any, Any, list[str] | None
     raw-input adapter, in eval mode. ``code_paths`` is None when the module exports with
     ``torch.export`` (MLflow's pt2 format: it loads as plain torch, no compsweep needed),
     else the ``trainers`` package to ship with a pickled module."""
-    import torch
-
-    import trainers
-    from trainers.inputs import to_raw, with_raw_input
 
     info = trainer.info
     served = with_raw_input(model, info.raw, info.input_shape).eval().requires_grad_(False)
