@@ -97,6 +97,29 @@ def test_what_a_library_prints_itself_goes_to_the_log(tmp_path, capsys):
     assert "Created version '1'" in log
 
 
+# A command line, then a library that speaks the way it does inside a sweep: Optuna installs its
+# stderr handler on import, compsweep re-routes after such imports, then Optuna logs a new study.
+LIBRARY_AFTER_CLI = """
+import sys
+from sweeps import cli
+from sweeps.quiet import route_libraries
+assert cli.main(sys.argv[1:] + ["schema", "config"]) == 0
+import optuna
+route_libraries()
+optuna.create_study()
+"""
+
+
+@pytest.mark.parametrize("verbose", [False, True], ids=["default", "-v"])
+def test_minus_v_lets_the_libraries_speak_and_the_default_does_not(verbose):
+    flags = ["-v"] if verbose else []
+    done = subprocess.run([sys.executable, "-c", LIBRARY_AFTER_CLI, *flags], text=True,
+                          capture_output=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '"title"' in done.stdout  # the command's own output either way
+    assert ("A new study created in memory" in done.stderr) is verbose, done.stderr[-2000:]
+
+
 # -- progress -----------------------------------------------------------------------------------
 
 
