@@ -62,6 +62,14 @@ def _add_env(p: argparse.ArgumentParser, help: str = ENV_HELP) -> None:
     p.add_argument("--env", action="append", metavar="KEY[=VALUE]", help=help)
 
 
+def _add_eopt_from(p: argparse.ArgumentParser, which: str) -> None:
+    p.add_argument(
+        "--eopt-from",
+        metavar="SWEEP",
+        help=f"sampler eopt: start from the e_opt that `compsweep analyze` found for this sweep {which}",
+    )
+
+
 def _add_storage(p: argparse.ArgumentParser, help: str) -> None:
     p.add_argument("--storage", default="compsweep_results", help=help)
 
@@ -187,12 +195,7 @@ def _add_drivers(sub: Any) -> None:
     p.add_argument("--address", help=RAY_ADDRESS_HELP)
     _add_set(p, "override a spec field, e.g. --set budget.num_trials=4 (repeatable)")
     p.add_argument("--check", action="store_true", help="only validate the spec")
-    p.add_argument(
-        "--eopt-from",
-        metavar="SWEEP",
-        help="sampler eopt: start from the e_opt that `compsweep analyze` found for this sweep "
-        "(folder or id), skipping the pilot",
-    )
+    _add_eopt_from(p, "(folder or id), skipping the pilot")
     _add_env(p)
     p.add_argument(
         "--autoscaling",
@@ -221,6 +224,9 @@ def _add_drivers(sub: Any) -> None:
         help="python on the cluster's PATH that has compsweep's dependencies",
     )
     _add_set(p, "override a spec field")
+    _add_eopt_from(
+        p, "(its id; read on the cluster, from the spec's tracking server), skipping the pilot"
+    )
     p.add_argument(
         "--no-wait", action="store_true", help="return once submitted instead of following the logs"
     )

@@ -125,16 +125,23 @@ def _take_eopt_from(spec: Any, sweep: str) -> str | None:
     from sweeps.eopt_source import given_eopt
     from sweeps.spec import GivenEopt
 
-    if spec.search.sampler != "eopt":
-        return (f"--eopt-from guides sampler eopt, but the spec's sampler is "
-                f"{spec.search.sampler!r}: set search.sampler: eopt in the spec, or add "
-                "--set search.sampler=eopt")  # fmt: skip
+    problem = _eopt_sampler_problem(spec)
+    if problem:
+        return problem
     try:
         given = given_eopt(sweep, spec.tracking.uri, spec.objective.metrics[0])
     except (FileNotFoundError, ValueError) as e:
         return f"--eopt-from {sweep}: {e}"
     spec.search.e_opt = GivenEopt(**given)
     return None
+
+
+def _eopt_sampler_problem(spec: Any) -> str | None:
+    if spec.search.sampler == "eopt":
+        return None
+    return (f"--eopt-from guides sampler eopt, but the spec's sampler is "
+            f"{spec.search.sampler!r}: set search.sampler: eopt in the spec, or add "
+            "--set search.sampler=eopt")  # fmt: skip
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
@@ -177,6 +184,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
     # The job runs the spec path relative to the shipped folder: validate that same file.
     spec_path = args.spec if os.path.isabs(args.spec) else os.path.join(args.working_dir, args.spec)
     spec, overrides = read_spec(spec_path, args.set, check_tracking=False, check_storage=False)
+    if args.eopt_from and (problem := _eopt_sampler_problem(spec)):
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     if not spec.tracking.uri and os.environ.get("MLFLOW_TRACKING_URI"):
         spec.tracking.uri = os.environ["MLFLOW_TRACKING_URI"]
     if spec.tracking.uri and spec.tracking.uri.startswith(("http://", "https://")):
@@ -186,7 +196,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   flush=True)  # fmt: skip
     return submit(spec, spec_arg=args.spec, overrides=overrides, address=args.address,
                   working_dir=args.working_dir, python=args.python, env_items=args.env or [],
-                  no_wait=args.no_wait)  # fmt: skip
+                  no_wait=args.no_wait, eopt_from=args.eopt_from)  # fmt: skip
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -81,6 +81,7 @@ def submit(
     python: str,
     env_items: list[str],
     no_wait: bool,
+    eopt_from: str | None = None,
 ) -> int:
     """Submit ``compsweep run SPEC`` as a Ray job; returns ``ray job submit``'s exit code."""
     env_vars: dict[str, str] = {}
@@ -104,14 +105,7 @@ def submit(
         return 2
     job_id = f"compsweep-{spec.name}-{secrets.token_hex(4)}"
     env_vars[RAY_JOB_ENV] = job_id
-    entry = [python, "-m", "sweeps.cli", "run", spec_arg]
-    for key, value in overrides:
-        if key != "tracking.uri":
-            entry += ["--set", f"{key}={json.dumps(value)}"]
-    entry += ["--set", f"tracking.uri={json.dumps(bare)}"]
-    for key in sorted(env_vars):  # recorded by name, so `resume --address` forwards them again
-        if key != RAY_JOB_ENV:
-            entry += ["--env", key]
+    entry = job_entrypoint(python, spec_arg, overrides, bare, sorted(env_vars), eopt_from)
     ray_cli = shutil.which("ray") or str(Path(sys.executable).parent / "ray")
     with tempfile.TemporaryDirectory(prefix="compsweep-submit-") as tmp:
         # Values (e.g. MLflow credentials) reach the job through a private file, not the
@@ -131,3 +125,26 @@ def submit(
               f" --tracking-uri {bare}", flush=True)  # fmt: skip
         # `ray job submit` finds the cluster's token but sends it only with RAY_AUTH_MODE=token.
         return subprocess.call(cmd, env={**os.environ, **ray_auth_env()})
+
+
+def job_entrypoint(
+    python: str,
+    spec_arg: str,
+    overrides: list[tuple[str, Any]],
+    tracking_uri: str,
+    env_keys: list[str],
+    eopt_from: str | None = None,
+) -> list[str]:
+    """The job's command: ``compsweep run`` of the shipped spec with the same overrides."""
+    entry = [python, "-m", "sweeps.cli", "run", spec_arg]
+    for key, value in overrides:
+        if key != "tracking.uri":
+            entry += ["--set", f"{key}={json.dumps(value)}"]
+    entry += ["--set", f"tracking.uri={json.dumps(tracking_uri)}"]
+    if eopt_from:
+        # Read where the sweep runs: the source sweep lives on the cluster's tracking server.
+        entry += ["--eopt-from", eopt_from]
+    for key in env_keys:  # recorded by name, so `resume --address` forwards them again
+        if key != RAY_JOB_ENV:
+            entry += ["--env", key]
+    return entry

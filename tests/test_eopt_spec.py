@@ -58,3 +58,18 @@ def test_eopt_from_refuses_a_spec_whose_sampler_is_not_eopt(tmp_path, capsys, mo
     assert main(["run", str(path), "--eopt-from", "some-sweep", "--check"]) == 2
     err = capsys.readouterr().err
     assert "the spec's sampler is 'tpe'" in err and "search.sampler" in err
+    # submit refuses it here too, before contacting any cluster (nothing listens at port 9)
+    submit = ["submit", str(path), "--address", "http://127.0.0.1:9", "--eopt-from", "sw"]
+    assert main(submit) == 2
+    assert "the spec's sampler is 'tpe'" in capsys.readouterr().err
+
+
+def test_a_submitted_job_runs_with_the_same_eopt_from():
+    from sweeps.submit import job_entrypoint
+
+    entry = job_entrypoint("python", "s.yaml", [("budget.num_trials", 8)], "http://mlflow:5000",
+                           ["MLFLOW_TRACKING_USERNAME"], eopt_from="earlier-sweep")  # fmt: skip
+    assert entry[:5] == ["python", "-m", "sweeps.cli", "run", "s.yaml"]
+    assert entry[entry.index("--eopt-from") + 1] == "earlier-sweep"
+    assert "budget.num_trials=8" in entry and 'tracking.uri="http://mlflow:5000"' in entry
+    assert "--eopt-from" not in job_entrypoint("python", "s.yaml", [], "u", [])
