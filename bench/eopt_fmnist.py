@@ -2,7 +2,7 @@
 decay over a θ × pNR grid, then pruning at two rates over the same pNR, each run through
 `compsweep run` (grid sampler, every cell with two seeds) and `compsweep analyze`.
 
-    .venv/bin/python bench/eopt_fmnist.py                      # both studies, 1-2.5 h on 2 CPUs
+    .venv/bin/python bench/eopt_fmnist.py                      # both studies, ~25 min on 2 CPUs
     .venv/bin/python bench/eopt_fmnist.py --study weight_decay  # one of them
     .venv/bin/python bench/eopt_fmnist.py --analyze-only        # re-read the last sweeps
 
@@ -28,9 +28,10 @@ accuracy are printed beside it; the analysis on accuracy can be read with `comps
 * pruning: rate ∈ {0.9, 0.97} (constant: the same rate at every event) × pNR ∈ {1, 3, 10, 30,
   100, 300, 1000} (28 trials).
 
-Wall time: 81 min (weight decay, 48 trials) and 70 min (pruning, 28 trials) measured with both
-studies running at once on a 2-CPU host loaded 15-30 over; about 40 and 30 min one after the
-other on a quiet one (~50-90 s per trial, 2 at a time; pruning at pNR 1 is the slowest).
+Wall time on a 2-CPU host, one study after the other: 17 min (weight decay, 48 trials) and
+8 min (pruning, 28 trials) when the host was otherwise quiet; 81 and 70 min with both studies
+at once on a host loaded 15-30 over. Every trial runs on one thread, so its results do not
+depend on the load.
 
 For each study it prints the table of trials (strength, pNR, seed, e_w/pNR, validation loss,
 validation and test accuracy), the same averaged over seeds, e_opt with its range, the
