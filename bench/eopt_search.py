@@ -185,8 +185,10 @@ def sampler_for(name: str, seed: int) -> optuna.samplers.BaseSampler:
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def search(problem: Problem, sampler: str, seed: int, target: float | None) -> list[float]:
-    """Values of one study's trials, in order, stopping at the first that reaches ``target``."""
+def search(
+    problem: Problem, sampler: str, seed: int, target: float | None
+) -> list[optuna.trial.FrozenTrial]:
+    """One study's trials, in order, stopping at the first that reaches ``target``."""
     study = optuna.create_study(direction="maximize", sampler=sampler_for(sampler, seed))
 
     def stop(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -194,11 +196,44 @@ def search(problem: Problem, sampler: str, seed: int, target: float | None) -> l
             study.stop()
 
     study.optimize(problem.objective, n_trials=BUDGET, callbacks=[stop])
-    values = [t.value if t.value is not None else -math.inf for t in study.trials]
     if sampler == "eopt":
         phases = [t.user_attrs.get(PHASE_ATTR, "?")[0] for t in study.trials]
         print(f"    phases: {''.join(phases)}", flush=True)
-    return values
+    return study.trials
+
+
+def values_of(trials: list[optuna.trial.FrozenTrial]) -> list[float]:
+    return [t.value if t.value is not None else -math.inf for t in trials]
+
+
+# Bands for the landscape table: (label, low, high), both ends included.
+RATE_BANDS = (("0.50-0.65", 0.5, 0.65), ("0.65-0.80", 0.65, 0.8), ("0.80-0.95", 0.8, 0.95))
+PNR_BANDS = (("pNR 1-5", 1, 5), ("pNR 6-30", 6, 30), ("pNR 31-200", 31, 200))
+
+
+def landscape(trials: list[optuna.trial.FrozenTrial], target: float) -> None:
+    """Print where the random trials' accuracy lies, by rate and pNR band.
+
+    This is the structure a sampler can use: e_opt pays off where each rate has its best
+    accuracy at an interior pNR, and costs its pilot where the best lies at the low-pNR edge.
+    """
+    print("  random trials by rate and pNR: best / mean validation accuracy (trials); "
+          "* a trial reaches the target", flush=True)  # fmt: skip
+    print("    " + f"{'rate':<11}" + "".join(f"{label:<24}" for label, _, _ in PNR_BANDS))
+    for rate_label, r_lo, r_hi in RATE_BANDS:
+        cells = []
+        for _, p_lo, p_hi in PNR_BANDS:
+            vs = [
+                t.value
+                for t in trials
+                if t.value is not None
+                and r_lo <= t.params["rate"] <= r_hi
+                and p_lo <= t.params["pnr"] <= p_hi
+            ]
+            star = "*" if any(v >= target - 1e-12 for v in vs) else ""
+            cell = f"{max(vs):.4f}/{statistics.mean(vs):.4f} ({len(vs)}){star}" if vs else "-"
+            cells.append(f"{cell:<24}")
+        print(f"    {rate_label:<11}" + "".join(cells), flush=True)
 
 
 def trials_to(values: list[float], target: float) -> int | None:
@@ -238,19 +273,21 @@ def main() -> None:
     problem = Problem(args.problem, PROBLEMS[args.problem](args), Path(args.cache))
 
     print(f"[{args.problem}] random: {BUDGET} trials (sampler seed 0)", flush=True)
-    pool = search(problem, "random", 0, None)
+    pool_trials = search(problem, "random", 0, None)
+    pool = values_of(pool_trials)
     best = max(pool)
     target = best - TOLERANCE
     hits = sum(v >= target - 1e-12 for v in pool)
     print(f"  reference (best of {BUDGET} random) {best:.4f}, target {target:.4f}: reached by "
           f"{hits} of the {BUDGET} random trials", flush=True)  # fmt: skip
+    landscape(pool_trials, target)
     counts: dict[str, list[int | None]] = {"random": []}
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(len(pool))
         counts["random"].append(trials_to([pool[i] for i in order], target))
     for seed in range(args.seeds):
         for sampler in args.samplers:
-            values = search(problem, sampler, seed, target)
+            values = values_of(search(problem, sampler, seed, target))
             n = trials_to(values, target)
             counts.setdefault(sampler, []).append(n)
             print(f"  {sampler} seed {seed}: {n if n else 'missed'} trials, best "
