@@ -236,6 +236,23 @@ def landscape(trials: list[optuna.trial.FrozenTrial], target: float) -> None:
         print(f"    {rate_label:<11}" + "".join(cells), flush=True)
 
 
+def pnr_leverage(trials: list[optuna.trial.FrozenTrial]) -> None:
+    """Print how far pNR moves e_w/pNR: the handle an e_opt-guided sampler steers with.
+
+    ``log e_w = a + k·log pNR + b·rate`` is fitted over the trials; e_w/pNR then goes as
+    pNR^(k−1), so the space's pNR range spans (1−k)·(its decades) of e_w/pNR. Where that is
+    small against e_opt's range, any pNR of the space lands in it and e_opt cannot steer pNR.
+    """
+    rows = [t for t in trials if t.value is not None and t.user_attrs.get(E_W_ATTR, 0) > 0]
+    x = np.array([[1.0, math.log10(t.params["pnr"]), t.params["rate"]] for t in rows])
+    y = np.array([math.log10(t.user_attrs[E_W_ATTR]) for t in rows])
+    (_, k, _), *_ = np.linalg.lstsq(x, y, rcond=None)
+    decades = math.log10(PRUNE["pnr"]["high"] / PRUNE["pnr"]["low"])
+    print(f"  e_w ∝ pNR^k over the random trials: k = {k:.2f}, so pNR {PRUNE['pnr']['low']}–"
+          f"{PRUNE['pnr']['high']} ({decades:.1f} decades) moves e_w/pNR by only "
+          f"{(1 - k) * decades:.2f} decades", flush=True)  # fmt: skip
+
+
 def trials_to(values: list[float], target: float) -> int | None:
     return next((i + 1 for i, v in enumerate(values) if v >= target - 1e-12), None)
 
@@ -281,6 +298,7 @@ def main() -> None:
     print(f"  reference (best of {BUDGET} random) {best:.4f}, target {target:.4f}: reached by "
           f"{hits} of the {BUDGET} random trials", flush=True)  # fmt: skip
     landscape(pool_trials, target)
+    pnr_leverage(pool_trials)
     counts: dict[str, list[int | None]] = {"random": []}
     for seed in range(args.seeds):
         order = np.random.default_rng(seed).permutation(len(pool))
