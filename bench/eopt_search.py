@@ -4,7 +4,9 @@ random trials find: e_opt-guided (``sampler: eopt``) against TPE and random sear
 Trials run in this process with the trainer and plain Optuna studies (no Ray, no MLflow): the
 eopt sampler is an Optuna sampler, and each trial hands it ``mean_e_w`` as a user attr as the
 sweep's searcher does. Every trial trains with seed 0, so a configuration's accuracy is the
-same whichever sampler proposes it; results are cached by configuration in ``--cache``.
+same whichever sampler proposes it; results are cached by configuration in ``--cache``, under
+a digest of the training setup and of the code, so that a changed trainer is never served an
+old result.
 
 Protocol, per problem:
 
@@ -136,8 +138,14 @@ class Problem:
     """One problem's objective: train a trial's configuration, cached by configuration."""
 
     def __init__(self, name: str, spec: Any, cache: Path) -> None:
-        # Cached results belong to this exact training setup: its digest is part of the name.
-        digest = hashlib.sha1(json.dumps(spec.to_dict(), sort_keys=True).encode()).hexdigest()
+        # Cached results belong to this exact training setup and code: the digest of both is
+        # part of the name, so changed code never reuses an old result (a change to the
+        # sampler alone invalidates it too: safe, if not necessary).
+        h = hashlib.sha1(json.dumps(spec.to_dict(), sort_keys=True).encode())
+        for package in ("trainers", "search_spaces", "sweeps"):
+            for source in sorted((ROOT / package).rglob("*.py")):
+                h.update(source.read_bytes())
+        digest = h.hexdigest()
         self.name, self.spec, self.cache_path = f"{name}@{digest[:10]}", spec, cache
         self.space = define_by_run(spec.space.name, spec.space.overrides)
         d = trial_config(spec, {"pnr": 1, "rate": 0.5, "lr": 0.01}).data
