@@ -131,6 +131,9 @@ def centre_and_range(
                   min(spread), max(spread), len(groups))  # fmt: skip
 
 
+LOOSE_K = 2 / 3  # from this exponent on, a factor 2 in e_opt moves pNR 8-fold or more
+
+
 @dataclass(frozen=True)
 class Suggestion:
     """The pNR that puts a strength at e_opt, and how much to trust it."""
@@ -225,6 +228,12 @@ def _solved(
         note = _join(note, f"clamped to 1 (the fit gives {pnr:.2g}): even pNR = 1 changes the "
                      "weights less than e_opt per step; use a stronger setting")  # fmt: skip
         pnr, extrapolated = 1.0, True
+    elif slope >= LOOSE_K:
+        # pNR ∝ e_opt^(−1/(1−k)): near k = 1 a small error in e_opt is a large one in pNR
+        # (gradual pruning fits k ≈ 0.8–0.9), so the number must not read as precise.
+        note = _join(note, f"e_w grows almost as fast as pNR here (k = {slope:.2f}): a factor "
+                     f"2 in e_opt moves this pNR {2 ** (1 / (1 - slope)):.0f}-fold, so it is a "
+                     "loose hint")  # fmt: skip
     return Suggestion(float(pnr), extrapolated, k, note)
 
 

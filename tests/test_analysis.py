@@ -87,6 +87,15 @@ def test_suggested_pnr_recovers_a_known_power_law(k):
     assert s.extrapolated == (expected > 1000)
 
 
+def test_a_suggestion_where_e_w_grows_almost_as_fast_as_pnr_is_called_loose():
+    pnrs = [1, 10, 100]
+    s = suggest_pnr(pnrs, [1e-4 * p**0.8 for p in pnrs], 5e-5)
+    assert s.pnr == pytest.approx(2**5, rel=1e-6) and not s.extrapolated
+    assert "k = 0.80" in s.note and "32-fold" in s.note and "loose hint" in s.note
+    s = suggest_pnr(pnrs, [1e-4 * p**0.5 for p in pnrs], 5e-5)
+    assert s.note == ""  # k = 0.5: a factor 2 in e_opt is a factor 4 in pNR
+
+
 def test_suggested_pnr_per_strength_through_analyze():
     a = analyze(wd_trials([1e-4, 1e-3, 1e-2], noise=0.0))
     for g in a.groups:
