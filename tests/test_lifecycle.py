@@ -17,11 +17,15 @@ import tempfile
 import time
 from pathlib import Path
 
+import optuna
 import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
 from sweep_helpers import assert_complete_series, sweep_runs, tiny_spec
+
+from sweeps.eopt_sampler import E_W_ATTR, PHASE_ATTR, SLOT_ATTR
+from sweeps.records import SweepRecord
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +77,11 @@ def _finished_trials(uri: str, experiment: str) -> int:
 def test_stop_settles_every_run_and_only_one_of_two_resumes_runs(mlflow_server, tmp_path, ray_tmp):
     name = "lc-stop"
     # Trials long enough (~10 s each on 2 cores, far more on a fast one than `compsweep stop`
-    # needs to start) that the sweep is still in flight when the stop request lands.
+    # needs to start) that the sweep is still in flight when the stop request lands. The eopt
+    # sampler: the one whose state (its pilot plan) lives in the Optuna study, so a resume must
+    # carry the study over whole.
     spec = tiny_spec(name, mlflow_server.uri, str(tmp_path / "results"), trials=4, concurrent=1,
-                     steps=2500, n_train=256)  # fmt: skip
+                     steps=2500, n_train=256, search={"sampler": "eopt"})  # fmt: skip
     spec["train"]["run"]["eval_every"] = 25.0
     env = _env(ray_tmp)
     driver = _start(["run", str(_write_spec(tmp_path, spec))], tmp_path, env)
@@ -123,6 +129,17 @@ def test_stop_settles_every_run_and_only_one_of_two_resumes_runs(mlflow_server, 
     status = subprocess.run([COMPSWEEP, "status", str(folder)], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=120)  # fmt: skip
     assert "finished  4/4 trials (4 finished)" in status.stdout, status.stdout
+
+    # The study went on across the stop: one Optuna trial per trial, each a pilot trial in its
+    # own slot of the plan, each told the e_w its MLflow run holds.
+    record = SweepRecord.load(folder)
+    study = optuna.load_study(study_name=record.sweep_id, storage=record.study_storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(study.trials) == len(done) == 4, [t.state for t in study.trials]
+    assert [t.user_attrs[PHASE_ATTR] for t in done] == ["pilot"] * 4
+    assert sorted(t.user_attrs[SLOT_ATTR] for t in done) == [0, 1, 2, 3]
+    in_mlflow = sorted(r.data.metrics["mean_e_w"] for r in children)
+    assert sorted(t.user_attrs[E_W_ATTR] for t in done) == pytest.approx(in_mlflow)
 
 
 @contextlib.contextmanager
