@@ -252,7 +252,9 @@ class SweepProgress(Callback):
             self._line(trials, text, ending=trial)
             return
         value = r.get(self.metric)
-        if rank_key(self.metric, value) < rank_key(
+        # Only a trial that ran to its end can be the best, as for `best` and `analyze`: a
+        # trial the scheduler stopped early reports a value from partway through.
+        if r.get("completed") and rank_key(self.metric, value) < rank_key(
             self.metric, self.best[0] if self.best else None
         ):
             self.best = (value, self._name(trial))

@@ -200,6 +200,28 @@ def test_a_terminal_gets_a_live_view_with_bar_eta_and_one_line_per_finished_tria
     assert not wants_live(_Terminal())
 
 
+def test_the_best_so_far_names_only_a_trial_that_ran_to_its_end():
+    """A trial ASHA stopped early reports a value from partway through: `best` and `analyze`
+    never rank it, and neither does the live best, however high the value."""
+    out = io.StringIO()
+    progress = SweepProgress(_spec(3), out)
+    a, b, c = _trial(1), _trial(2), _trial(3)
+    trials = [a, b, c]
+    for t in trials:
+        progress.on_trial_start(0, trials, t)
+    a.last_result = {"val_accuracy": 0.99, "epoch": 2.0}  # stopped by the scheduler
+    progress.on_trial_complete(0, trials, a)
+    a.status = "TERMINATED"
+    assert "best -" in out.getvalue().splitlines()[-1]
+    b.last_result = {"val_accuracy": 0.7, "completed": True}
+    progress.on_trial_complete(0, trials, b)
+    b.status = "TERMINATED"
+    c.last_result = {"val_accuracy": 0.95, "diverged": True, "status_reason": "nan at step 3"}
+    progress.on_trial_complete(0, trials, c)
+    last = out.getvalue().splitlines()[-1]
+    assert "best val_accuracy 0.7000 (prune r=0.54 pnr=13 · t02)" in last, last
+
+
 # -- compsweep ui --------------------------------------------------------------------------------
 
 
