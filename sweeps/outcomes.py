@@ -8,14 +8,15 @@ state       MLflow    meaning
 finished    FINISHED  trained to its end
 failed      FAILED    raised an error (after its retries)
 diverged    FAILED    non-finite loss or weights; the reason says where
-stopped     KILLED    stopped early by the scheduler (ASHA): not a failure
+stopped     KILLED    stopped early by ASHA or the time budget: not a failure
 killed      KILLED    stopped by the user (``compsweep stop``, Ctrl-C); resumable
 running     RUNNING   still training, or orphaned by a driver that died
 =========== ========= =========================================================
 
 Exit codes of ``compsweep run`` / ``resume``: 0 every trial finished (or was stopped early by
-the scheduler), 1 some trial failed or diverged (or none finished), 2 bad input, 3 the sweep is
-held by another driver, 130 interrupted (Ctrl-C or ``compsweep stop``: resumable).
+the scheduler or the time budget), 1 some trial failed or diverged (or none finished), 2 bad
+input, 3 the sweep is held by another driver, 130 interrupted (Ctrl-C or ``compsweep stop``:
+resumable).
 """
 
 from __future__ import annotations

@@ -45,7 +45,7 @@ from sweeps.searchers import SAMPLERS, SCHEDULERS
 from sweeps.secrets import move_credentials_to_env
 from sweeps.settling import TrialRunStatus, forget
 from sweeps.spec import SweepSpec, from_dict_spec
-from sweeps.sweep_end import finish_sweep, say
+from sweeps.sweep_end import ended_on_budget_note, finish_sweep, report_budget_end, say
 from sweeps.tracking import default_tracking_uri, ensure_experiment, start_sweep_run
 from sweeps.trial import train_trial
 
@@ -278,6 +278,11 @@ def resume_sweep(
                 f"note: taking over the sweep from a driver that is gone ({lock.taken_over.describe()})",
             )
         _refuse_live_driver_elsewhere(record)
+        if not retry_failed and ended_on_budget_note(record):
+            # Tune starts nothing after its time budget ran out (the trials it cut ended,
+            # the searcher is done): say so rather than start Ray for nothing.
+            record.outcome = report_budget_end(record, stream)
+            return record
         env_vars = _forwarded(forward_env if forward_env is not None else record.forward_env)
         record.forward_env = sorted(env_vars)
         record.save()

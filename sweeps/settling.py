@@ -1,7 +1,7 @@
 """Driver-side settling of trial runs.
 
 A trial that Tune ended without the trial closing its own MLflow run (stopped early by ASHA,
-failed for good, or stopped with the sweep) gets its run settled here, with any points its
+cut by the sweep's time budget, failed for good, or stopped with the sweep) gets its run settled here, with any points its
 last checkpoint still held unsent, and a ``compsweep.status`` tag saying how it ended.
 """
 
@@ -24,6 +24,8 @@ from sweeps.tracking import STATUS_REASON_TAG, STATUS_TAG, TrialTracker, find_tr
 # TERMINATED as well: only these ids tell an ended trial from an interrupted one.
 _LIVE_TRIALS: dict[str, list] = {}
 _ENDED: dict[str, set[str]] = {}
+# Per sweep id: trials the sweep's time budget cut (Tune stops them without ending them).
+_BUDGET_CUT: dict[str, set[str]] = {}
 
 
 def settle_trial_run(
@@ -111,10 +113,17 @@ def unended_trials(sweep_id: str) -> list:
     return [t for t in tune_trials(sweep_id) if t.trial_id not in ended]
 
 
+def budget_cut_trials(sweep_id: str) -> list:
+    """Trials Tune stopped when the sweep's time budget ran out (``budget.time_budget_s``)."""
+    cut = _BUDGET_CUT.get(sweep_id, set())
+    return [t for t in tune_trials(sweep_id) if t.trial_id in cut]
+
+
 def forget(sweep_id: str) -> None:
     """Drop this process's bookkeeping of a sweep (before it is resumed in this process)."""
     _LIVE_TRIALS.pop(sweep_id, None)
     _ENDED.pop(sweep_id, None)
+    _BUDGET_CUT.pop(sweep_id, None)
 
 
 class TrialRunStatus(Callback):
@@ -135,6 +144,18 @@ class TrialRunStatus(Callback):
                     repoint_stale_checkpoint(trial)
         _LIVE_TRIALS[sweep_id] = trials
 
+    def on_step_end(self, iteration, trials, **info):
+        # When the time budget runs out, Tune marks every live trial TERMINATED within the step
+        # (no on_trial_complete); after Ctrl-C or `stop` it stops them only after the last step.
+        # So a trial TERMINATED here that did not end is one the budget cut (the budget is the
+        # only experiment-wide stop a sweep sets).
+        sweep_id = self.facts.sweep_id
+        ended = _ENDED.setdefault(sweep_id, set())
+        cut = {t.trial_id for t in trials if t.status == "TERMINATED" and t.trial_id not in ended}
+        if cut:
+            ended.update(cut)
+            _BUDGET_CUT.setdefault(sweep_id, set()).update(cut)
+
     def on_trial_complete(self, iteration, trials, trial, **info):
         _ENDED.setdefault(self.facts.sweep_id, set()).add(trial.trial_id)
         result = trial.last_result or {}
@@ -149,6 +170,16 @@ class TrialRunStatus(Callback):
         _ENDED.setdefault(self.facts.sweep_id, set()).add(trial.trial_id)
         tags = {STATUS_TAG: "failed", STATUS_REASON_TAG: error_reason(trial)}
         settle_trial_run(self.facts, trial.trial_id, "FAILED", _checkpoint_dir(trial), tags)
+
+
+def settle_budget_cut(facts: SweepFacts, reason: str) -> int:
+    """End the runs of the trials the time budget cut KILLED (``stopped``, with ``reason``),
+    with what their last checkpoint held. Returns how many."""
+    tags = {STATUS_TAG: "stopped", STATUS_REASON_TAG: reason}
+    cut = budget_cut_trials(facts.sweep_id)
+    for trial in cut:
+        settle_trial_run(facts, trial.trial_id, "KILLED", _checkpoint_dir(trial), tags)
+    return len(cut)
 
 
 def settle_open_runs(facts: SweepFacts, reason: str) -> int:

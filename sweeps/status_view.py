@@ -47,6 +47,8 @@ def _line(info: SweepInfo, counts: Counter) -> str:
     parts = ", ".join(f"{counts[s]} {s}" for s in STATES if counts[s]) or "no trial runs yet"
     state = info.state
     line = f"{info.sweep_id:<44} {state:<9} {total}{of} trials ({parts})"
+    if info.status != "RUNNING" and info.tags.get(STATUS_REASON_TAG):  # e.g. its time budget
+        line += f"; {info.tags[STATUS_REASON_TAG]}"
     if state == "orphaned":
         where = info.path or info.sweep_id
         line += (f"; driver gone ({describe_driver(info)}): settle with `compsweep stop {where}` "

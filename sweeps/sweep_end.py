@@ -16,9 +16,21 @@ from sweeps.progress import best_rows, knob_text, print_table
 from sweeps.quiet import active_log
 from sweeps.records import SweepRecord
 from sweeps.secrets import redact
-from sweeps.settling import settle_open_runs, tune_trials, unended_trials
+from sweeps.settling import (
+    budget_cut_trials,
+    settle_budget_cut,
+    settle_open_runs,
+    tune_trials,
+    unended_trials,
+)
 from sweeps.spec import SweepSpec, from_dict_spec
-from sweeps.tracking import STATUS_TAG, find_trial_runs, finish_run, mlflow_client
+from sweeps.tracking import (
+    STATUS_REASON_TAG,
+    STATUS_TAG,
+    find_trial_runs,
+    finish_run,
+    mlflow_client,
+)
 
 
 def say(stream: TextIO | None, text: str) -> None:
@@ -57,6 +69,21 @@ def _interrupted(spec: SweepSpec, sweep_id: str) -> bool:
     return bool(unended_trials(sweep_id)) or missing
 
 
+def budget_text(spec: SweepSpec) -> str:
+    return f"time budget of {spec.budget.time_budget_s:g} s"
+
+
+def _ended_on_budget(spec: SweepSpec, sweep_id: str, interrupted: bool) -> bool:
+    """The time budget ended the sweep: it cut running trials, or Tune started fewer trials
+    than asked for (it starts no more once the budget is spent) and was not interrupted."""
+    if spec.budget.time_budget_s is None:
+        return False
+    started = len(tune_trials(sweep_id))
+    return bool(budget_cut_trials(sweep_id)) or (
+        not interrupted and 0 < started < spec.budget.num_trials
+    )
+
+
 def finish_sweep(
     record: SweepRecord, stream: TextIO | None, stop_request: str | None, crash: str | None = None
 ) -> Outcome:
@@ -64,6 +91,9 @@ def finish_sweep(
     close the parent run with the counts and print the summary; returns the outcome."""
     spec = from_dict_spec(record.spec)
     interrupted = _interrupted(spec, record.sweep_id) and crash is None
+    on_budget = _ended_on_budget(spec, record.sweep_id, interrupted or crash is not None)
+    # The trials the budget cut stopped as asked: not killed, not resumable.
+    settle_budget_cut(record.facts(), f"{budget_text(spec)} reached")
     stop_request = stop_request or _stop_requested(record)
     reason = f"stopped on request ({stop_request})" if stop_request else "interrupted (Ctrl-C)"
     if crash is not None:
@@ -82,8 +112,10 @@ def finish_sweep(
         runs = []
     outcome = Outcome.from_runs(runs, interrupted, spec.budget.num_trials)
     outcome.crashed = crash is not None
-    _close_parent(record, outcome)
+    _close_parent(record, outcome, f"ended on its {budget_text(spec)}" if on_budget else "")
     say(stream, f"\n{outcome.summary()}.")
+    if on_budget:
+        say(stream, budget_end_text(spec))
     if interrupted:
         say(
             stream,
@@ -130,7 +162,37 @@ def _ui_hint(record: SweepRecord) -> str:
     )
 
 
-def _close_parent(record: SweepRecord, outcome: Outcome) -> None:
+def budget_end_text(spec: SweepSpec) -> str:
+    return (
+        f"sweep ended on its {budget_text(spec)} (budget.time_budget_s): the trials it cut count "
+        "as stopped and no more start; to search further, start a sweep with a larger budget"
+    )
+
+
+def ended_on_budget_note(record: SweepRecord) -> str:
+    """``ended on its time budget of … s`` if the sweep's last driver ended on its time budget
+    (from the parent run), else ``""``."""
+    try:
+        status, tags = parent_run_state(record.tracking_uri, record.parent_run_id)
+    except Exception:
+        return ""
+    reason = tags.get(STATUS_REASON_TAG, "")
+    return reason if status != "RUNNING" and reason.startswith("ended on its time budget") else ""
+
+
+def report_budget_end(record: SweepRecord, stream: TextIO | None) -> Outcome:
+    """``resume`` of a sweep its time budget ended: nothing to continue; say so and count how
+    its trials ended."""
+    spec = from_dict_spec(record.spec)
+    runs = find_trial_runs(record.tracking_uri, record.experiment_id, record.sweep_id)
+    outcome = Outcome.from_runs(runs, False, spec.budget.num_trials)
+    say(stream, f"{outcome.summary()}.\n{budget_end_text(spec)}; nothing to resume")
+    if outcome.unsuccessful:
+        say(stream, f"retry the failed trials with `compsweep resume --retry-failed {record.path}`")
+    return outcome
+
+
+def _close_parent(record: SweepRecord, outcome: Outcome, reason: str = "") -> None:
     try:
         client = mlflow_client(record.tracking_uri)
         now = int(time.time() * 1000)
@@ -138,7 +200,11 @@ def _close_parent(record: SweepRecord, outcome: Outcome) -> None:
         client.log_batch(
             record.parent_run_id,
             metrics=[Metric(k, v, now, 0) for k, v in outcome.metrics().items()],
-            tags=[RunTag(STATUS_TAG, state), RunTag(STOP_TAG, "")],
+            tags=[
+                RunTag(STATUS_TAG, state),
+                RunTag(STATUS_REASON_TAG, reason),
+                RunTag(STOP_TAG, ""),
+            ],
         )
         finish_run(record.tracking_uri, record.parent_run_id, outcome.parent_status())
     except Exception:  # noqa: S110

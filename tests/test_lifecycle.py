@@ -142,6 +142,44 @@ def test_stop_settles_every_run_and_only_one_of_two_resumes_runs(mlflow_server, 
     assert sorted(t.user_attrs[E_W_ATTR] for t in done) == pytest.approx(in_mlflow)
 
 
+def test_a_sweep_its_time_budget_ends_is_no_interruption(mlflow_server, tmp_path, ray_tmp):
+    """The budget runs out mid-trial (trials far longer than the budget): the cut trial is
+    `stopped` with the budget as its reason, not killed by a Ctrl-C nobody sent; the exit code
+    is the outcome's (none finished: 1, not 130), and `resume` says there is nothing to resume."""
+    name = "lc-budget"
+    spec = tiny_spec(name, mlflow_server.uri, str(tmp_path / "results"), trials=3, concurrent=1,
+                     steps=100_000, n_train=256)  # fmt: skip
+    spec["budget"]["time_budget_s"] = 6
+    env = _env(ray_tmp)
+    run = subprocess.run([COMPSWEEP, "run", str(_write_spec(tmp_path, spec))], cwd=tmp_path,
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    out = run.stdout + run.stderr
+    assert run.returncode == 1, out[-4000:]
+    assert "1/3 trials: 1 stopped." in out, out[-4000:]
+    assert "sweep ended on its time budget of 6 s" in out
+    assert "Ctrl-C" not in out and "interrupted" not in out and "compsweep resume" not in out
+    parents, children = sweep_runs(mlflow_server.uri, name)
+    assert [p.info.status for p in parents] == ["FAILED"]  # no trial finished
+    assert parents[0].data.tags["compsweep.status_reason"] == "ended on its time budget of 6 s"
+    (trial,) = children
+    assert trial.info.status == "KILLED" and trial.data.tags["compsweep.status"] == "stopped"
+    assert trial.data.tags["compsweep.status_reason"] == "time budget of 6 s reached"
+
+    (folder,) = (tmp_path / "results").iterdir()
+    status = subprocess.run([COMPSWEEP, "status", str(folder)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert "1/3 trials (1 stopped); ended on its time budget of 6 s" in status.stdout
+    tid = trial.data.tags["compsweep.trial_id"]
+    assert f"trial {tid} stopped: time budget of 6 s reached" in status.stdout, status.stdout
+
+    resumed = subprocess.run([COMPSWEEP, "resume", str(folder)], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert resumed.returncode == 1, resumed.stdout + resumed.stderr
+    assert "nothing to resume" in resumed.stdout
+    assert [r.info.run_id for r in sweep_runs(mlflow_server.uri, name)[1]] == [trial.info.run_id]
+
+
 @contextlib.contextmanager
 def _writable_folder(path: Path):
     """A folder that ``set_read_only`` makes read-only for real, for root too: a read-only
