@@ -165,6 +165,27 @@ def route_libraries() -> None:
             if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler):
                 logger.removeHandler(h)
         logger.propagate = True
+    _route_ray_errors()
+
+
+def _route_ray_errors() -> None:
+    """Ray's driver prints the cluster's error messages (``(raylet) A worker died or was
+    killed …``) straight to stdout from a thread of its own, whatever ``log_to_driver`` says:
+    send them to the ``ray`` logger (hence the log file) instead. Only once Ray is imported."""
+    worker = sys.modules.get("ray._private.worker")
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "compsweep_routed", False):
+        return
+
+    def to_log(data: dict, ignore_prefix: bool) -> None:
+        if _active is None or data.get("pid") != "raylet":
+            original(data, ignore_prefix)
+            return
+        for line in data.get("lines") or []:
+            logging.getLogger("ray").warning("(raylet) %s", line)
+
+    to_log.compsweep_routed = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_log  # type: ignore[union-attr]
 
 
 @contextlib.contextmanager

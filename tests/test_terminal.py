@@ -97,6 +97,25 @@ def test_what_a_library_prints_itself_goes_to_the_log(tmp_path, capsys):
     assert "Created version '1'" in log
 
 
+def test_rays_error_messages_go_to_the_log(tmp_path, capsys):
+    """Ray's driver prints the cluster's error messages itself (a thread, not a logger):
+    here through Ray's own function, as its listener thread calls it."""
+    import ray._private.worker as ray_worker
+
+    from sweeps.quiet import attach_log, quiet_libraries, route_libraries
+
+    quiet_libraries()
+    route_libraries()  # after `import ray`, as connect_ray does
+    attach_log(tmp_path)
+    message = "A worker died or was killed while executing a task by an unexpected system error."
+    ray_worker.print_to_stdstream(
+        {"lines": [message], "pid": "raylet", "is_err": False}, ignore_prefix=False
+    )
+    captured = capsys.readouterr()
+    assert "worker died" not in captured.out + captured.err
+    assert f"WARNING ray: (raylet) {message}" in (tmp_path / "compsweep.log").read_text()
+
+
 # A command line, then a library that speaks the way it does inside a sweep: Optuna installs its
 # stderr handler on import, compsweep re-routes after such imports, then Optuna logs a new study.
 LIBRARY_AFTER_CLI = """
