@@ -18,6 +18,7 @@ import yaml
 
 import trainers
 from sweeps.quiet import library_prints
+from sweeps.records import sweep_name
 from sweeps.tracking import (
     METHOD_TAG,
     SOURCE_RUN_ID_TAG,
@@ -212,7 +213,7 @@ def _export_and_register(
     run_id = tracker.run_id
     client = mlflow_client(uri)
 
-    name = register or _model_name(prov, cfg)
+    name = register or model_name(prov, cfg)
     signature = infer_signature(example, served(torch.from_numpy(example)).numpy())
     # log_model works on the active run of the global tracking URI, which MLflow also puts
     # into MLFLOW_TRACKING_URI: set it for this call only, and put back what was there.
@@ -262,7 +263,7 @@ def final_experiment(client: Any, prov: dict[str, Any] | None) -> str:
     try:
         name = client.get_experiment(prov["experiment_id"]).name
     except Exception:  # the sweep's experiment is gone: name it after the sweep
-        name = prov["sweep_id"].rsplit("-", 3)[0]
+        name = sweep_name(prov["sweep_id"])
     return f"{name}-final"
 
 
@@ -302,6 +303,7 @@ def servable_model(model: Any, trainer: Any) -> tuple[Any, Any, list[str] | None
     return served, example, None
 
 
-def _model_name(prov: dict[str, Any] | None, cfg: Any) -> str:
-    base = prov["sweep_id"].rsplit("-", 2)[0] if prov else cfg.model.name
+def model_name(prov: dict[str, Any] | None, cfg: Any) -> str:
+    """``<sweep name>-<method>`` (``<model>-<method>`` without a sweep): the registered name."""
+    base = sweep_name(prov["sweep_id"]) if prov else cfg.model.name
     return f"{base}-{cfg.compression.method}"

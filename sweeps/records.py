@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import secrets
 import time
 from collections.abc import Mapping
@@ -93,6 +94,16 @@ class SweepRecord:
 def new_sweep_id(name: str) -> str:
     """``name-YYYYmmdd-HHMMSS-xxxx``: sortable by start, unique even within one second."""
     return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+# The suffix new_sweep_id appends; a name may itself hold dashes and digits ("probe-2-20260101").
+_SWEEP_ID_SUFFIX = re.compile(r"-\d{8}-\d{6}-[0-9a-f]{4}$")
+
+
+def sweep_name(sweep_id: str) -> str:
+    """The name a sweep id was made from (``probe-div`` from ``probe-div-20261202-101500-ab12``);
+    an id not made by :func:`new_sweep_id` is its own name."""
+    return _SWEEP_ID_SUFFIX.sub("", sweep_id) or sweep_id
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

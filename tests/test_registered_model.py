@@ -145,3 +145,37 @@ def test_a_trials_compressed_model_artifact_takes_raw_digits(tiny_config, tmp_pa
         served = model(torch.from_numpy(raw)).argmax(1)
     assert torch.equal(served, trained)  # the same predictions, from pixel values 0-16
     assert float((served == torch.from_numpy(labels)).float().mean()) > 0.5
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["probe-div", "digits-prune-demo", "probe-2", "lenet-300-100", "run-20261202", "a_b.c", "x"],
+)
+def test_the_registered_name_and_the_final_experiment_use_the_sweep_name(name):
+    """A model from a sweep registers as ``<sweep name>-<method>``, whatever dashes and digits
+    the name holds; the final experiment falls back to the same name."""
+    from types import SimpleNamespace
+
+    from sweeps.final import final_experiment, model_name
+    from sweeps.records import new_sweep_id, sweep_name
+
+    sweep_id = new_sweep_id(name)
+    assert sweep_name(sweep_id) == name
+    cfg = SimpleNamespace(compression=SimpleNamespace(method="prune"), model=SimpleNamespace(name="small_cnn"))  # fmt: skip
+    prov = {"sweep_id": sweep_id, "experiment_id": "1"}
+    assert model_name(prov, cfg) == f"{name}-prune"
+
+    class GoneExperiment:
+        def get_experiment(self, experiment_id):
+            raise LookupError(experiment_id)
+
+    assert final_experiment(GoneExperiment(), prov) == f"{name}-final"
+    assert model_name(None, cfg) == "small_cnn-prune"
+
+
+def test_an_id_not_made_by_compsweep_is_its_own_name():
+    from sweeps.records import sweep_name
+
+    assert sweep_name("probe-div-20261202-101500-ab12") == "probe-div"
+    assert sweep_name("probe-div-20261202") == "probe-div-20261202"
+    assert sweep_name("my-sweep") == "my-sweep"
