@@ -159,7 +159,7 @@ def run_analysis(
     """Analyze the sweep; log e_opt (when supported), its range and group count, the tables,
     the report and the plots to its parent run (``analysis/``); ``out_dir`` keeps a copy.
 
-    Metrics are logged at step = the number of trials analyzed, so analyses of a running
+    Metrics are logged at step = the number of trial runs analyzed, so analyses of a running
     sweep form a history. ``metric``: see :func:`analysis_metric`. An analysis on another
     metric than the sweep's own logs apart, so that neither overwrites the other:
     ``e_opt.val_loss``, … and ``analysis/val_loss/``.
@@ -175,8 +175,15 @@ def run_analysis(
     report.write_text("\n".join(report_lines(a, ref.sweep_id)) + "\n")
     files = [report, *write_tables(a, out), *plot_all(a, out)]
     client = mlflow_client(ref.tracking_uri)
-    step = len(a.used)
-    metrics = {"e_opt_groups": len(a.usable_groups), "analyzed_trials": len(a.used)}
+    # The counts the report prints: trial runs analyzed, and the configurations they make once
+    # identical runs are folded.
+    analyzed = len(a.used) + a.folded
+    step = analyzed
+    metrics = {
+        "e_opt_groups": len(a.usable_groups),
+        "analyzed_trials": analyzed,
+        "analyzed_configurations": len(a.used),
+    }
     if a.centre is not None:
         metrics.update(e_opt=a.e_opt, e_opt_low=a.e_opt_low, e_opt_high=a.e_opt_high)
     for key, value in metrics.items():

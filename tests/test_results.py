@@ -188,6 +188,13 @@ def test_analyze_on_runs_in_a_real_mlflow_server(mlflow_server, tmp_path, capsys
     m = parent.data.metrics
     assert m["e_opt"] == pytest.approx(E_OPT, rel=0.10)
     assert m["e_opt_low"] <= m["e_opt"] <= m["e_opt_high"] and m["e_opt_groups"] == 3
+    # The logged counts are the printed ones: runs analyzed, and configurations after folding.
+    analyzed = len(trials) + 1
+    assert f"{analyzed} analyzed, 3 skipped" in out
+    assert f"folded, so {analyzed - 1} configurations" in out
+    assert m["analyzed_trials"] == analyzed and m["analyzed_configurations"] == analyzed - 1
+    steps = {h.step for h in client.get_metric_history(parent.info.run_id, "analyzed_trials")}
+    assert steps == {analyzed}
     names = {"report.txt", "trials.csv", "groups.csv", "accuracy_vs_e_w_per_pnr.png",
              "accuracy_vs_regularization_error.png", "accuracy_over_pnr.png"}  # fmt: skip
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "analysis")}
