@@ -8,6 +8,7 @@ last checkpoint still held unsent, and a ``compsweep.status`` tag saying how it 
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -88,18 +89,58 @@ def repoint_stale_checkpoint(trial: Any) -> bool:
 
 
 def error_reason(trial: Any) -> str:
-    """The last line of a failed trial's error (``ValueError: ...``), for one-line reports."""
+    """What ended a failed trial, as one line (``ValueError: ...``, or that its worker died)."""
     text = ""
     path = getattr(trial, "error_file", None)
     if path and Path(path).is_file():
         text = Path(path).read_text(errors="replace")
-    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-    # Ray wraps the trial's error: the last "Type: message" line is the original one.
+    return reason_from_error_text(text)
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# "ValueError: ...", "sweeps.tracking.TrackingUnavailable: ...": a class name, capitalized. Not
+# the lower-case fields (``ip: 127.0.0.1``, ``pid: 42``) Ray lists about a dead actor.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*([A-Z]\w*):(.*)$")
+_WORKER_DIED = "the trial's worker process died (killed by a signal or out of memory)"
+
+
+def reason_from_error_text(text: str) -> str:
+    """One line from the ``error.txt`` Ray writes for a failed trial.
+
+    Ray writes either the trial's traceback, ending in the exception raised in the trainable;
+    or, when the worker process is gone, a report of the dead actor (its ``pid:``, ``ip:``, ...
+    fields, then why); or a report of the workers its memory monitor killed. The last two say
+    what happened first, then Ray's own one-line cause.
+    """
+    lines = [_ANSI.sub("", ln).rstrip() for ln in text.splitlines()]
+    lines = [ln for ln in lines if ln.strip()]
+    if not lines:
+        return "unknown error (see the trial's log)"
+    joined = "\n".join(lines)
+    if "killed due to the node running low on memory" in joined or "OutOfMemoryError" in joined:
+        cause = next((ln.strip() for ln in lines if ln.startswith("OOM kill reason:")), "")
+        why = "the trial's worker was killed by Ray for running low on memory"
+        return f"{why}: {cause.removeprefix('OOM kill reason:').strip()}"[:500] if cause else why
+    if any(k in joined for k in ("actor died unexpectedly", "process has died", "node has died")):
+        if "its node has died" in joined:
+            return "the node running the trial's worker died"
+        # "... Worker exit detail: Worker unexpectedly exits with ... End of file. Some common
+        # causes include: ...": the detail, without the list of guesses after it.
+        m = re.search(r"Worker exit detail: (.*?)(?: Some common causes|$)", joined, re.M)
+        return f"{_WORKER_DIED}: {m.group(1).strip()}"[:500] if m else _WORKER_DIED
+    # A traceback ends in the exception: the first unindented line after the last frame (its
+    # message may go on over more lines; the first says what it is).
+    frames = [i for i, ln in enumerate(lines) if ln.lstrip().startswith('File "')]
+    after = lines[frames[-1] + 1 :] if frames else lines
+    for line in after:
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m and not line[:1].isspace():
+            return f"{m.group(1)}:{m.group(2)}"[:500]  # sweeps.tracking.X -> X
     for line in reversed(lines):
-        head, sep, rest = line.partition(":")
-        if sep and head.replace(".", "").replace("_", "").isalnum() and " " not in head:
-            return f"{head.rsplit('.', 1)[-1]}:{rest}"[:500]  # sweeps.tracking.X -> X
-    return lines[-1][:500] if lines else "unknown error (see the trial's log)"
+        m = _EXCEPTION_LINE.match(line.strip())
+        if m:
+            return f"{m.group(1)}:{m.group(2)}"[:500]
+    return lines[-1].strip()[:500]
 
 
 def tune_trials(sweep_id: str) -> list:
@@ -128,7 +169,7 @@ def forget(sweep_id: str) -> None:
 
 class TrialRunStatus(Callback):
     """Settles runs as Tune ends trials: early-stopped ones KILLED (``stopped``), trials that
-    failed for good FAILED (``failed``, with the error's last line as the reason); a diverged
+    failed for good FAILED (``failed``, with :func:`error_reason` as the reason); a diverged
     trial has settled its own run (FAILED, with the reason) and is left alone."""
 
     def __init__(self, facts: SweepFacts) -> None:

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -164,3 +165,56 @@ def test_a_restored_trial_whose_checkpoint_was_deleted_continues_from_its_newest
     # A checkpoint that exists is left alone.
     trial.checkpoint = manager._latest_checkpoint_result.checkpoint
     assert not repoint_stale_checkpoint(trial)
+
+
+# error.txt files Ray 2.60 wrote for failed trials (paths shortened): an exception raised in the
+# trainable, a trial worker killed with SIGKILL (a compsweep sweep), a worker killed by Ray's
+# memory monitor.
+RAY_ERRORS = Path(__file__).parent / "ray_errors"
+
+
+@pytest.mark.parametrize(
+    ("name", "reason"),
+    [
+        ("raised.txt", "ValueError: cannot read the data at /nonexistent"),
+        ("worker_killed.txt",
+         "the trial's worker process died (killed by a signal or out of memory): Worker "
+         "unexpectedly exits with a connection error code 2. End of file."),
+        ("memory_monitor.txt",
+         "the trial's worker was killed by Ray for running low on memory: Memory usage "
+         "2058412032B exceeded threshold of 505530016B (2.0% of 25276502016B limit)"),
+    ],
+)  # fmt: skip
+def test_a_failed_trials_reason_says_what_happened(name, reason, tmp_path):
+    from sweeps.settling import error_reason
+
+    text = (RAY_ERRORS / name).read_text()
+    (tmp_path / "error.txt").write_text(text)
+    assert error_reason(SimpleNamespace(error_file=str(tmp_path / "error.txt"))) == reason
+    assert "ip:" not in reason
+
+
+def test_the_exception_is_the_one_after_the_last_frame_even_over_several_lines():
+    from sweeps.settling import reason_from_error_text
+
+    chained = (
+        "Failure # 1 (occurred at 2026-12-02_02-36-56)\n"
+        "\x1b[36mray::ImplicitFunc.train()\x1b[39m (pid=5095, ip=127.0.0.1, repr=trainable)\n"
+        '  File "/srv/trainers/data.py", line 3, in load\n'
+        "    open(path)\n"
+        "FileNotFoundError: [Errno 2] No such file or directory: '/data'\n"
+        "\n"
+        "The above exception was the direct cause of the following exception:\n"
+        "\n"
+        '  File "/srv/sweeps/trial.py", line 9, in run\n'
+        "    raise TrackingUnavailable(msg) from e\n"
+        "    ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+        "sweeps.tracking.TrackingUnavailable: cannot reach http://mlflow:5000\n"
+        "  retried: 3 times\n"
+        "  last: ConnectionRefusedError: [Errno 111]\n"
+    )
+    assert reason_from_error_text(chained) == "TrackingUnavailable: cannot reach http://mlflow:5000"
+    node = "The actor died unexpectedly before finishing this task.\n\tip: 10.0.0.7\n" \
+        "The actor is dead because its node has died. Node Id: ab12\n"  # fmt: skip
+    assert reason_from_error_text(node) == "the node running the trial's worker died"
+    assert reason_from_error_text("") == "unknown error (see the trial's log)"

@@ -136,6 +136,36 @@ def test_killed_worker_resumes_into_its_own_run(local_ray, mlflow_server, tmp_pa
         assert_complete_series(mlflow_server.uri, run)
 
 
+def test_a_trial_whose_worker_dies_fails_saying_so(local_ray, mlflow_server, tmp_path, capsys):
+    """With no retries, a killed trial worker fails its trial, and the reason (terminal and
+    MLflow) says the worker died, not a field of Ray's report such as ``ip: 127.0.0.1``."""
+    storage = tmp_path / "results"
+    data = tiny_spec("kill-once", mlflow_server.uri, str(storage), trials=2, steps=400, n_train=256)
+    data["failure"] = {"max_failures": 0}
+    killed: list[int] = []
+    stop = threading.Event()
+    killer = threading.Thread(
+        target=_kill_a_trial_worker_after_checkpoint, args=(storage, killed, stop)
+    )
+    killer.start()
+    try:
+        record = run_sweep(parse_spec(data))
+    finally:
+        stop.set()
+        killer.join()
+    assert killed, "no trial worker was killed: the trials finished too fast"
+    out = capsys.readouterr().out
+    assert record.outcome.exit_code() == 1
+    died = "the trial's worker process died (killed by a signal or out of memory)"
+    assert f"FAILED: {died}" in out, out[-3000:]
+    _, children = sweep_runs(mlflow_server.uri, "kill-once", record.sweep_id)
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert len(failed) == 1, [r.info.status for r in children]
+    tags = failed[0].data.tags
+    assert tags["compsweep.status"] == "failed"
+    assert tags["compsweep.status_reason"].startswith(died), tags["compsweep.status_reason"]
+
+
 def test_tracking_server_down_for_30s_loses_nothing(local_ray, mlflow_server, tmp_path, capsys):
     storage = tmp_path / "results"
     spec = parse_spec(tiny_spec("outage", mlflow_server.uri, str(storage), steps=600, n_train=256))
