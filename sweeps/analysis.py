@@ -295,6 +295,7 @@ class GroupResult:
     reason: str  # why not used ("" when used)
     next_pnr: list[float]  # pNR worth adding (empty when used)
     suggestion: Suggestion | None = None  # None without e_opt
+    range_note: str = ""  # when next_pnr leave the space's pNR range (also ends the reason)
 
     @property
     def label(self) -> str:
@@ -327,16 +328,29 @@ def _nice(v: float) -> float:
     return float(f"{v:.2g}") if v >= 1 else 1.0
 
 
-def assess_group(g: Group) -> GroupResult:
-    """Locate a group's optimum and decide whether it may count for e_opt."""
+def assess_group(g: Group, pnr_range: tuple[float, float] | None = None) -> GroupResult:
+    """Locate a group's optimum and decide whether it may count for e_opt; with the space's
+    ``pnr_range``, say which pNR worth adding lie outside it."""
+    r = _assess(g)
+    out = [p for p in r.next_pnr if pnr_range and not pnr_range[0] <= p <= pnr_range[1]]
+    if not out or pnr_range is None:
+        return r
+    note = (f"{', '.join(f'{p:g}' for p in out)} outside the space's pNR range "
+            f"[{pnr_range[0]:g}, {pnr_range[1]:g}]: widen space.overrides.pnr")  # fmt: skip
+    return replace(r, reason=f"{r.reason}; {note}", range_note=note)
+
+
+def _assess(g: Group) -> GroupResult:
     points = curve_points(g.trials)
     top = max(p.score for p in points)
-    tied = [p for p in points if p.score == top]
+    tied = sorted((p for p in points if p.score == top), key=lambda p: p.x)  # as located
     pnrs = sorted({p.pnr for p in points})
     # Among equally good points, one at an edge makes the optimum an edge optimum: a plateau
     # that reaches the edge may go on beyond it.
     best = next((p for p in tied if p.pnr in (pnrs[0], pnrs[-1])), tied[0])
     optimum = locate_optimum([(p.x, p.score) for p in points])
+    if best is not tied[0]:  # the optimum is then that edge point's, not a tied inner one's
+        optimum = Optimum(best.x, "best point (at the edge, tied with others)")
     shown = ", ".join(f"{p:g}" for p in pnrs)
     if len(pnrs) < MIN_DISTINCT_PNR:
         r = _geometric_step(pnrs, at_top=True)
@@ -424,14 +438,20 @@ class Analysis:
         ]
         for g in self.groups:
             todo = f"add pNR {', '.join(f'{p:g}' for p in g.next_pnr)}" if g.next_pnr else g.reason
+            todo += f" ({g.range_note})" if g.next_pnr and g.range_note else ""
             lines.append(f"  {g.label}: tried pNR {', '.join(f'{p:g}' for p in g.pnrs)}; {todo}")
         return lines
 
 
-def analyze(trials: Iterable[Trial], bins: int = 5, metric: str = DEFAULT_OBJECTIVE) -> Analysis:
+def analyze(
+    trials: Iterable[Trial],
+    bins: int = 5,
+    metric: str = DEFAULT_OBJECTIVE,
+    pnr_range: tuple[float, float] | None = None,
+) -> Analysis:
     """e_opt with its range, every trial's regularization error and the suggested pNR per
     strength (see the module doc), with the optima located on ``metric`` in its catalogue
-    direction. Never raises on unusable data: an analysis without usable groups has ``centre``
+    direction; pNR to add outside ``pnr_range`` (the space's, when known) are marked. Never raises on unusable data: an analysis without usable groups has ``centre``
     None and says why in :meth:`Analysis.cannot_support`.
 
     Raises:
@@ -447,7 +467,7 @@ def analyze(trials: Iterable[Trial], bins: int = 5, metric: str = DEFAULT_OBJECT
     skipped = [(t, t.skip_reason) for t in trials if not t.usable]
     kept = [t for t in trials if t.usable]
     used = fold_identical(kept)
-    groups = [assess_group(g) for g in group_by_strength(used, bins)]
+    groups = [assess_group(g, pnr_range) for g in group_by_strength(used, bins)]
     usable = [g for g in groups if g.status == USED]
     centre = centre_and_range([g.group.trials for g in usable], _curve_xy) if usable else None
     reg_error: dict[str, float] = {}

@@ -43,6 +43,28 @@ class SweepRef:
     sweep_id: str
     parent_run_id: str
     objective: list[str]
+    pnr_range: tuple[float, float] | None = None  # the space's, when its spec says
+
+
+def space_pnr_range(spec: dict[str, Any]) -> tuple[float, float] | None:
+    """The smallest and largest pNR a sweep's space can draw (over every branch, after the
+    spec's overrides); None when it has no pNR knob or the spec does not say."""
+    from search_spaces import branches
+
+    try:
+        space = spec["space"]
+        found = [
+            k["pnr"] for k in branches(space["name"], space.get("overrides") or {}) if "pnr" in k
+        ]
+    except Exception:  # an old or foreign spec: the range is unknown
+        return None
+    values: list[float] = []
+    for d in found:
+        values += {"fixed": [d.get("value")], "categorical": d.get("choices", [])}.get(
+            d["kind"], [d.get("low"), d.get("high")]
+        )
+    values = [float(v) for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return (min(values), max(values)) if values else None
 
 
 def resolve_sweep(sweep: str, tracking_uri: str | None = None) -> SweepRef:
@@ -50,14 +72,16 @@ def resolve_sweep(sweep: str, tracking_uri: str | None = None) -> SweepRef:
     if (Path(sweep) / SWEEP_FILE).is_file():
         r = SweepRecord.load(sweep)
         return SweepRef(tracking_uri or r.tracking_uri, r.experiment_id, r.sweep_id, r.parent_run_id,
-                        r.spec["objective"]["metrics"])  # fmt: skip
+                        r.spec["objective"]["metrics"], space_pnr_range(r.spec))  # fmt: skip
     uri = tracking_uri or default_tracking_uri()
     runs = sweep_parent_runs(uri, sweep)
     if runs:
         run = runs[0]
         spec = _artifact_yaml(mlflow_client(uri), run.info.run_id, "spec.yaml") or {}
         metrics = (spec.get("objective") or {}).get("metrics") or [DEFAULT_OBJECTIVE]
-        return SweepRef(uri, run.info.experiment_id, sweep, run.info.run_id, metrics)
+        return SweepRef(
+            uri, run.info.experiment_id, sweep, run.info.run_id, metrics, space_pnr_range(spec)
+        )
     raise FileNotFoundError(
         f"no sweep {sweep!r}: not a sweep folder (with {SWEEP_FILE}) and no sweep of that id in "
         f"MLflow at {uri}; see `compsweep status` for the sweeps there"
@@ -167,7 +191,7 @@ def run_analysis(
     own = analysis_metric(ref)
     metric = analysis_metric(ref, metric)
     suffix, folder = ("", "analysis") if metric == own else (f".{metric}", f"analysis/{metric}")
-    a = analyze(load_trials(ref), bins=bins, metric=metric)
+    a = analyze(load_trials(ref), bins=bins, metric=metric, pnr_range=ref.pnr_range)
     keep = out_dir is not None
     out = Path(out_dir) if keep else Path(tempfile.mkdtemp(prefix="compsweep-analysis-"))
     out.mkdir(parents=True, exist_ok=True)

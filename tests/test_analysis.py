@@ -299,3 +299,31 @@ def test_the_analysis_metric_must_be_a_validation_metric():
     t = wd_trials([1e-3])[0]
     a = analyze([t], metric="val_loss")
     assert a.skipped[0][1] == "missing metric(s): val_loss"
+
+
+def _tied_at_the_top_edge() -> list[Trial]:
+    """One strength at pNR 10, 49, 123; 49 and 123 tie on validation accuracy."""
+    rows = [(10, 0.90, 2.0e-5), (49, 0.95, 4.449e-5), (123, 0.95, 6.66e-5)]
+    return [Trial(f"t{p}", "prune", {"pnr": p, "rate": 0.9}, acc, e * p, e)
+            for p, acc, e in rows]  # fmt: skip
+
+
+def test_a_tie_reaching_the_edge_reports_the_edge_trials_e_w_per_pnr():
+    (g,) = analyze(_tied_at_the_top_edge()).groups
+    assert g.status == EDGE and g.best.pnr == 123 and g.best_pnr_text == "≥123"
+    assert g.optimum.e_w_per_pnr == pytest.approx(6.66e-5)  # the pNR=123 trial's, not 49's
+    assert "outside" not in g.reason  # the space's range is not known here
+
+
+def test_pnr_to_add_outside_the_spaces_range_are_marked():
+    a = analyze(_tied_at_the_top_edge(), pnr_range=(1, 200))
+    (g,) = a.groups
+    assert g.next_pnr == [310, 780]
+    assert g.reason.endswith(
+        "(add 310, 780); 310, 780 outside the space's pNR range [1, 200]: widen space.overrides.pnr"
+    )
+    assert "add pNR 310, 780 (310, 780 outside the space's pNR range [1, 200]" in "\n".join(
+        a.cannot_support()
+    )
+    (inside,) = analyze(_tied_at_the_top_edge(), pnr_range=(1, 5000)).groups
+    assert "outside" not in inside.reason and inside.range_note == ""

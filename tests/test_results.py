@@ -268,3 +268,16 @@ def test_analyze_refuses_bins_below_one(capsys):
 
     assert main(["analyze", "some-sweep", "--bins", "0"]) == 2
     assert "--bins must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_the_spaces_pnr_range_comes_from_the_spec():
+    from sweeps.results import space_pnr_range
+
+    def spec(name, **overrides):
+        return {"space": {"name": name, "overrides": overrides}}
+
+    assert space_pnr_range(spec("prune", pnr={"low": 1, "high": 200})) == (1, 200)
+    assert space_pnr_range(spec("prune", pnr={"choices": [40, 1, 10]})) == (1, 40)
+    assert space_pnr_range(spec("prune", pnr=7)) == (7, 7)
+    assert space_pnr_range(spec("funnel")) is None  # no pNR knob
+    assert space_pnr_range({}) is None
