@@ -352,16 +352,22 @@ def test_analyze_best_train_register_on_a_digits_sweep(
     assert accs == sorted(accs, reverse=True)
     assert doc["configs"][0]["provenance"]["sweep_id"] == record.sweep_id
 
-    assert main(["train", str(best), "--epochs", "3", "--register", "digits-e2e-best"]) == 0
+    # Registered under its documented name, <sweep name>-<method> (`--register` is optional).
+    assert main(["train", str(best), "--epochs", "3"]) == 0
     out = capsys.readouterr().out
-    assert "final model: test_accuracy" in out and "models:/digits-e2e-best/1" in out
-    version = client.get_model_version("digits-e2e-best", "1")
+    assert "final model: test_accuracy" in out and "models:/digits-e2e-prune/1" in out
+    version = client.get_model_version("digits-e2e-prune", "1")
     assert {"test_accuracy", "compression_ratio_weights", "compression_ratio_bytes", "macs"} <= set(
         version.tags
     )
     assert float(version.tags["source_val_accuracy"]) == accs[0]  # what it was selected on
     final_run = client.get_run(version.run_id)
     assert final_run.data.tags["compsweep.role"] == "final"
+    # The MACs printed are the ones logged and tagged; the exported model's count is labelled.
+    fm = final_run.data.metrics
+    assert float(version.tags["macs"]) == fm["macs"]
+    assert f"{fm['macs']:.0f} of {fm['macs_dense']:.0f} MACs per sample, " in out
+    assert f"{fm['exported_macs']:.0f} as the exported model computes them" in out
     # selection is over: the final model trains on train + validation and reports test only
     assert final_run.data.params["data.val_fraction"] == "0.0"
     assert (
@@ -372,7 +378,7 @@ def test_analyze_best_train_register_on_a_digits_sweep(
     )
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
-    model = mlflow.pytorch.load_model("models:/digits-e2e-best/1")
+    model = mlflow.pytorch.load_model("models:/digits-e2e-prune/1")
     from trainers.data import load_dataset
     from trainers.inputs import to_raw
 
