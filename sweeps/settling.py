@@ -189,7 +189,9 @@ class TrialRunStatus(Callback):
         # When the time budget runs out, Tune marks every live trial TERMINATED within the step
         # (no on_trial_complete); after Ctrl-C or `stop` it stops them only after the last step.
         # So a trial TERMINATED here that did not end is one the budget cut (the budget is the
-        # only experiment-wide stop a sweep sets).
+        # only experiment-wide stop a sweep sets). Without a budget, nothing is taken for one.
+        if not (self.facts.spec.get("budget") or {}).get("time_budget_s"):
+            return
         sweep_id = self.facts.sweep_id
         ended = _ENDED.setdefault(sweep_id, set())
         cut = {t.trial_id for t in trials if t.status == "TERMINATED" and t.trial_id not in ended}
