@@ -10,9 +10,11 @@ information only and never select.
 
 0. Trials that did not finish cleanly are left out, each listed with its reason: failed,
    diverged (with the trainer's reason), stopped early by the scheduler, killed, still
-   running, missing or non-finite metrics. Trials with the same knobs and the same seed are
-   one configuration run more than once: they are folded into one entry (their metrics
-   averaged) and counted.
+   running, missing or non-finite metrics. A configuration (the same knobs, any seed) counts
+   only when every run of it does: the others of a configuration with such a run are left
+   out too, with the reason (``its configuration is left out: 3 of 4 seeds diverged``).
+   Trials with the same knobs and the same seed are one configuration run more than once:
+   they are folded into one entry (their metrics averaged) and counted.
 1. Trials are grouped by compression strength: the method and its knobs (θ, a, η, rate,
    bits, rank, R_c, tile…), without the knobs that set how often or how fast (pNR, lr, …).
    Continuous strengths are binned (``bins`` equal bins over the observed range, in log space
@@ -47,6 +49,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sweeps.eopt import Centre, Optimum, Suggestion, centre_and_range, locate_optimum, suggest_pnr
+from sweeps.outcomes import incomplete, run_outcome
 from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, get_metric, validation_metrics
 
 # Knobs that set how often / how fast, not how hard: never part of the strength.
@@ -112,23 +115,9 @@ class Trial:
     @property
     def skip_reason(self) -> str | None:
         """Why the trial cannot take part, or None when it can."""
-        why = self.outcome_reason
-        if self.status in ("RUNNING", "SCHEDULED"):
-            return "still running"
-        if self.outcome == "diverged":
-            return f"diverged: {why}" if why else "diverged"
-        if self.outcome == "stopped":
-            return "stopped early by the scheduler"
-        if self.outcome == "killed":
-            return "killed by the user"
-        if self.status == "FAILED" or self.outcome == "failed":
-            return f"failed: {why}" if why else "failed"
-        if self.status == "KILLED":
-            return "stopped early by the scheduler, or killed"
-        if self.status != "FINISHED":
-            return f"run status {self.status}"
-        if self.outcome not in (None, "finished"):
-            return f"{self.outcome}: {why}" if why else str(self.outcome)
+        ended = run_outcome(self.status, self.outcome, self.outcome_reason)
+        if ended:
+            return ended
         values = {self.metric: self.value, **{m: getattr(self, m) for m in REQUIRED}}
         missing = [m for m, v in values.items() if v is None]
         if missing:
@@ -464,8 +453,23 @@ def analyze(
             f"{', '.join(validation_metrics())}"
         )
     trials = [replace(t, metric=metric) for t in trials]
-    skipped = [(t, t.skip_reason) for t in trials if not t.usable]
-    kept = [t for t in trials if t.usable]
+    configs: dict[tuple, list[Trial]] = {}
+    for t in trials:
+        configs.setdefault(config_key(t, with_seed=False), []).append(t)
+    skipped, kept = [], []
+    for t in trials:
+        own = t.skip_reason
+        if own:
+            skipped.append((t, own))
+            continue
+        # A seed that survived while its siblings diverged or still run does not stand for
+        # its configuration: the configuration waits until every run of it counts.
+        same = configs[config_key(t, with_seed=False)]
+        why = incomplete((o.seed, o.skip_reason) for o in same)
+        if why:
+            skipped.append((t, f"its configuration is left out: {why}"))
+        else:
+            kept.append(t)
     used = fold_identical(kept)
     groups = [assess_group(g, pnr_range) for g in group_by_strength(used, bins)]
     usable = [g for g in groups if g.status == USED]

@@ -22,6 +22,7 @@ resumable).
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +47,46 @@ def run_state(status: str, tags: dict[str, str]) -> str:
     if status == "KILLED":
         return "killed" if tag == "killed" else "stopped"
     return "running"
+
+
+def run_outcome(status: str, outcome: str | None, why: str | None) -> str | None:
+    """Why a run did not finish cleanly (``status``: its MLflow status; ``outcome`` and
+    ``why``: its ``compsweep.status`` and ``compsweep.status_reason`` tags), or None."""
+    if status in ("RUNNING", "SCHEDULED"):
+        return "still running"
+    if outcome == "diverged":
+        return f"diverged: {why}" if why else "diverged"
+    if outcome == "stopped":
+        return "stopped early by the scheduler"
+    if outcome == "killed":
+        return "killed by the user"
+    if status == "FAILED" or outcome == "failed":
+        return f"failed: {why}" if why else "failed"
+    if status == "KILLED":
+        return "stopped early by the scheduler, or killed"
+    if status != "FINISHED":
+        return f"run status {status}"
+    if outcome not in (None, "finished"):
+        return f"{outcome}: {why}" if why else str(outcome)
+    return None
+
+
+def incomplete(runs: Iterable[tuple[Any, str | None]]) -> str | None:
+    """Why a configuration cannot be averaged over its runs, e.g. ``3 of 4 seeds diverged``;
+    None when every run counts. ``runs``: each run's seed and why it does not count (None
+    when it does).
+
+    A mean over the seeds that happened to survive is the luckiest-seed estimate again, so a
+    configuration counts only when all of its runs do (the same knobs and seed run twice are
+    ``runs``, not ``seeds``)."""
+    runs = list(runs)
+    bad = Counter(why.split(":")[0] for _, why in runs if why)  # the kind, not the details
+    if not bad:
+        return None
+    seeds = [seed for seed, _ in runs]
+    unit = "seeds" if None not in seeds and len(set(seeds)) == len(seeds) else "runs"
+    (first, n), *rest = bad.items()
+    return ", ".join([f"{n} of {len(runs)} {unit} {first}", *(f"{m} {w}" for w, m in rest)])
 
 
 @dataclass

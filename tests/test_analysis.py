@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from synthetic_trials import E_OPT, C, K, optimum_pnr, wd_trials
@@ -18,6 +19,7 @@ from sweeps.analysis import (
     group_by_strength,
     pareto_front,
 )
+from sweeps.analysis_report import report_lines
 from sweeps.eopt import locate_optimum, suggest_pnr
 
 
@@ -181,7 +183,7 @@ def test_bootstrap_range_is_reproducible():
 
 
 def test_trials_that_did_not_finish_cleanly_are_skipped_with_their_reason():
-    base = {"pnr": 10, "lr": 0.001, "theta": 1e-3}
+    base = {"pnr": 7, "lr": 0.001, "theta": 1e-3}  # a configuration none of wd_trials shares
     bad = [
         Trial("fail", "weight_decay", base, None, None, None, status="FAILED"),
         Trial(
@@ -213,6 +215,36 @@ def test_trials_that_did_not_finish_cleanly_are_skipped_with_their_reason():
         "zero": "no weight change (e_w = 0): nothing to place on the log(e_w/pNR) axis",
     }
     assert a.e_opt == pytest.approx(E_OPT, rel=0.10)
+
+
+def test_a_configuration_with_a_seed_that_did_not_finish_is_left_out_with_the_reason():
+    trials = wd_trials([1e-4, 1e-3])
+    t = next(t for t in trials if t.knobs == {"pnr": 10, "lr": 0.001, "theta": 1e-4})
+    same = (t.method, dict(t.knobs))
+    lucky = Trial("seed1", *same, 0.99, t.mean_e_w, t.mean_e_w_per_pnr, seed=1)
+    diverged = Trial("seed2", *same, None, None, None, status="FAILED", outcome="diverged",
+                     outcome_reason="non-finite loss at step 3", seed=2)  # fmt: skip
+    running = Trial("seed3", *same, 0.5, t.mean_e_w, t.mean_e_w_per_pnr, status="RUNNING", seed=3)
+    a = analyze([*trials, lucky, diverged, running])
+    reasons = {x.trial_id: why for x, why in a.skipped}
+    left = "its configuration is left out: 1 of 4 seeds diverged, 1 still running"
+    assert reasons == {t.trial_id: left, "seed1": left, "seed3": "still running",
+                       "seed2": "diverged: non-finite loss at step 3"}  # fmt: skip
+    # neither finished seed stands for the configuration: pNR 10 is off the theta=1e-4 curve
+    assert {t.trial_id, "seed1"}.isdisjoint(x.trial_id for x in a.used)
+    group = next(g for g in a.groups if g.group.strength[1][1] == 1e-4)
+    assert 10 not in group.pnrs and 3 in group.pnrs
+    assert f"  trial seed1 (run None): {left}" in report_lines(a, "s")
+    # once every seed has finished, the configuration is one averaged point again
+    done = [replace(diverged, status="FINISHED", outcome=None, val_accuracy=0.89, mean_e_w=t.mean_e_w,
+                    mean_e_w_per_pnr=t.mean_e_w_per_pnr),
+            replace(running, status="FINISHED", val_accuracy=0.88)]  # fmt: skip
+    a = analyze([*trials, lucky, *done])
+    assert not a.skipped
+    point = next(p for g in a.groups for p in g.points
+                 if t.trial_id in {x.trial_id for x in p.trials})  # fmt: skip
+    assert len(point.trials) == 4
+    assert point.val_accuracy == pytest.approx((t.val_accuracy + 0.99 + 0.89 + 0.88) / 4)
 
 
 def test_test_accuracy_never_selects():
