@@ -163,15 +163,16 @@ def _add_results(sub: Any) -> None:
         cmd_best,
         "write the best config(s) of a sweep as ready-to-run training configs",
         "Pull the best trial(s) of a sweep from MLflow as training configs with provenance "
-        "(sweep, trial, run id, metrics), ready for `compsweep train`.",
+        "(sweep, trial, run id, metrics), ready for `compsweep train`. A configuration run "
+        "with several seeds ranks by its mean, and only once every one of them has finished.",
     )
     p.add_argument("sweep", help=SWEEP_HELP)
     p.add_argument("-o", "--output", default="best.yaml", help="output YAML (default best.yaml)")
-    p.add_argument("--top", type=int, default=1, help="the K best by --metric (default 1)")
+    p.add_argument("--top", type=int, default=1, help="the K >= 1 best by --metric (default 1)")
     p.add_argument(
         "--pareto",
         action="store_true",
-        help="the validation-accuracy/compression Pareto set instead",
+        help="the validation-accuracy/compression Pareto set instead (not with --metric)",
     )
     p.add_argument(
         "--metric",

@@ -53,16 +53,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_best(args: argparse.Namespace) -> int:
-    from sweeps.results import best_configs, resolve_sweep, write_best  # numpy, as in cmd_analyze
+    # numpy, as in cmd_analyze
+    from sweeps.results import (
+        averaged_over,
+        best_args_problem,
+        best_configs,
+        resolve_sweep,
+        write_best,
+    )
 
     check_tracking_uri_arg(args.tracking_uri)
+    problem = best_args_problem(args.top, args.pareto, args.metric)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         ref = resolve_sweep(args.sweep, args.tracking_uri)
         best = best_configs(ref, top=args.top, pareto=args.pareto, metric=args.metric)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metric = args.metric or ref.objective[0]
+    metric = best.metric
     selected = (
         "pareto(val_accuracy, compression_ratio)" if args.pareto else f"top {args.top} by {metric}"
     )
@@ -71,11 +82,13 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(f"skipped {reason}")
     if best.unranked:
         print(f"skipped {best.unranked} trial(s) not finished or without a finite {metric}")
+    for label, why in best.left_out:
+        print(f"left out: {label}: {why} (a configuration ranks only when all its runs finished)")
     for i, c in enumerate(best.configs):
         m = c["provenance"]["metrics"]
         shown = format_metrics(m, [metric, "val_accuracy", "test_accuracy"])
-        seeds = c["provenance"].get("seeds")
-        shown = f"mean of {len(seeds)} seeds {shown}" if seeds else shown
+        mean = averaged_over(c["provenance"])
+        shown = f"{mean} {shown}" if mean else shown
         print(f"[{i}] trial {c['provenance']['trial_id']}: {shown}, "
               f"compression {m.get('compression_ratio', float('nan')):.2f}x (run {c['provenance']['run_id']})")  # fmt: skip
     print(

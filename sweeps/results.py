@@ -18,10 +18,12 @@ from typing import Any
 
 import yaml
 
-from sweeps.analysis import Analysis, Trial, analyze, pareto_front
+from sweeps.analysis import Analysis, Trial, analyze
 from sweeps.analysis_plots import plot_all
 from sweeps.analysis_report import report_lines, write_tables
 from sweeps.lookup import sweep_parent_runs
+from sweeps.naming import fmt_knob
+from sweeps.outcomes import incomplete, run_outcome
 from sweeps.records import SWEEP_FILE, SweepRecord
 from sweeps.tracking import (
     STATUS_REASON_TAG,
@@ -226,45 +228,76 @@ class BestConfigs:
     configs: list[dict[str, Any]]  # provenance + config, best first
     diverged: list[tuple[str, str]]  # (trial id, reason) of diverged trials: never ranked
     unranked: int  # other trials without a finished, finite value of the metric
+    left_out: list[tuple[str, str]]  # (configuration, why) of configurations with a bad run
+    metric: str  # what the configs are shown and ranked (or the front taken) by
+
+
+# The front ``--pareto`` takes: validation accuracy against compression, both maximized.
+PARETO = ("val_accuracy", "compression_ratio")
+
+
+def best_args_problem(top: int, pareto: bool, metric: str | None) -> str | None:
+    """What is wrong with ``best``'s arguments before any sweep is read, or None."""
+    if top < 1:
+        return f"--top must be >= 1 (how many of the best configurations to write), got {top}"
+    if pareto and metric is not None:
+        return (f"--pareto takes the {PARETO[0]} / {PARETO[1]} Pareto set, and --metric ranks "
+                f"the --top K: pass one of --pareto and --metric {metric}")  # fmt: skip
+    return None
 
 
 def best_configs(
     ref: SweepRef, top: int = 1, pareto: bool = False, metric: str | None = None
 ) -> BestConfigs:
-    """The best trials' resolved training configs with provenance, best first.
+    """The best configurations' resolved training configs with provenance, best first.
 
-    Ranks by ``metric`` (default: the sweep's first objective) in its catalogue direction;
-    refuses test-split and direction-less metrics; skips failed, diverged and unfinished trials
-    and any trial whose value is missing or not finite.
+    Ranks by ``metric`` (default: the sweep's first objective) in its catalogue direction,
+    or takes the validation-accuracy / compression Pareto set (``pareto``, without
+    ``metric``); refuses test-split and direction-less metrics. Runs with the same knobs are
+    one configuration and count by their mean; a configuration counts only when every run of
+    it finished with a finite value: one failed, diverged, stopped, killed or still running
+    run leaves it out (see :func:`sweeps.outcomes.incomplete`).
     """
-    metric = metric or ref.objective[0]
+    problem = best_args_problem(top, pareto, metric)
+    if problem:
+        raise ValueError(problem)
+    metric = PARETO[0] if pareto else metric or ref.objective[0]
     problem = check_selectable(metric)
     if problem:
         raise ValueError(problem)
-    client = mlflow_client(ref.tracking_uri)
     runs = find_trial_runs(ref.tracking_uri, ref.experiment_id, ref.sweep_id)
-    diverged = [(r.data.tags.get("compsweep.trial_id", r.info.run_id),
+    why_not = {r.info.run_id: _why_unranked(r, metric) for r in runs}
+    diverged = [(r.data.tags.get(TRIAL_ID_TAG, r.info.run_id),
                  r.data.tags.get(STATUS_REASON_TAG, "")) for r in runs
                 if r.data.tags.get(STATUS_TAG) == "diverged"]  # fmt: skip
-    ranked = [r for r in runs if r.info.status == "FINISHED"
-              and r.data.tags.get(STATUS_TAG) != "diverged"
-              and math.isfinite(rank_key(metric, r.data.metrics.get(metric)))]  # fmt: skip
+    unranked = sum(1 for r in runs if why_not[r.info.run_id]
+                   and r.data.tags.get(STATUS_TAG) != "diverged")  # fmt: skip
+    ranked, left_out = [], []
+    for rs in _same_configuration(runs):
+        why = incomplete((r.data.params.get("run.seed"), why_not[r.info.run_id]) for r in rs)
+        if why is None:
+            ranked.append(rs)
+        elif len(rs) > 1:  # a lone run is reported above, as diverged or unranked
+            left_out.append((_configuration_label(rs), why))
     if not ranked:
-        why = f" ({len(diverged)} diverged)" if diverged else ""
+        notes = [f"{len(diverged)} diverged"] if diverged else []
+        notes += [f"left out {label}: {why}" for label, why in left_out]
         raise ValueError(
-            f"sweep {ref.sweep_id} has no finished trial with a finite {metric!r} yet{why}"
+            f"sweep {ref.sweep_id} has no finished trial with a finite {metric!r} yet"
+            + (f" ({'; '.join(notes)})" if notes else "")
         )
     if pareto:
-        by_run = {t.run_id: t for t in load_trials(ref)}
-        chosen_ids = [t.run_id for t in pareto_front(by_run.values())]
-        chosen = [[r] for rid in chosen_ids for r in ranked if r.info.run_id == rid]
+        chosen = _pareto_front([rs for rs in ranked if all(_finite(x, PARETO[1]) for x in rs)])
+        if not chosen:
+            raise ValueError(f"sweep {ref.sweep_id} has no finished trial with a finite "
+                             f"{PARETO[1]!r}: no Pareto set to take")  # fmt: skip
     else:
         # A configuration run with several seeds ranks by its mean: the luckiest seed of a
         # noisy replicate would flatter it.
-        configs = _same_configuration(ranked)
-        chosen = sorted(configs, key=lambda rs: rank_key(metric, _mean(rs, metric)))[:top]
+        chosen = sorted(ranked, key=lambda rs: rank_key(metric, _mean(rs, metric)))[:top]
     keep = ("val_accuracy", "test_accuracy", "compression_ratio", "params", "macs",
             "mean_e_w_per_pnr", metric)  # fmt: skip
+    client = mlflow_client(ref.tracking_uri)
     out = []
     for rs in chosen:
         r = rs[0]  # the configuration's first seed stands for it
@@ -275,36 +308,86 @@ def best_configs(
                    if all(k in x.data.metrics for x in rs)}  # fmt: skip
         provenance = {
             "sweep_id": ref.sweep_id,
-            "trial_id": r.data.tags.get("compsweep.trial_id"),
+            "trial_id": r.data.tags.get(TRIAL_ID_TAG),
             "run_id": r.info.run_id,
             "experiment_id": ref.experiment_id,
             "tracking_uri": ref.tracking_uri,
             "metrics": metrics,
         }
         if len(rs) > 1:
-            provenance["seeds"] = {
-                x.data.params.get("run.seed", "?"): {
-                    "run_id": x.info.run_id,
-                    metric: x.data.metrics[metric],
-                }
+            # Every run the means are over, also two of the same seed (a sampler that drew
+            # the same configuration twice): a list, so that none hides another.
+            provenance["runs"] = [
+                {"run_id": x.info.run_id, "trial_id": x.data.tags.get(TRIAL_ID_TAG),
+                 "seed": _seed(x), metric: x.data.metrics[metric]}
                 for x in rs
-            }
+            ]  # fmt: skip
         out.append({"provenance": provenance, "config": config})
-    return BestConfigs(out, diverged, len(runs) - len(diverged) - len(ranked))
+    return BestConfigs(out, diverged, unranked, left_out, metric)
+
+
+def averaged_over(provenance: dict[str, Any]) -> str:
+    """``mean of 4 seeds`` / ``mean of 2 runs (1 seed)`` for a ``best`` entry averaged over
+    several runs, empty for one run."""
+    runs = provenance.get("runs") or []
+    if len(runs) < 2:
+        return ""
+    seeds = len({str(x.get("seed")) for x in runs})
+    if seeds == len(runs):
+        return f"mean of {seeds} seeds"
+    return f"mean of {len(runs)} runs ({seeds} seed{'s' if seeds > 1 else ''})"
+
+
+def _why_unranked(run: Any, metric: str) -> str | None:
+    """Why a run cannot count for ``best`` (how it ended, or no finite value), or None."""
+    tags = run.data.tags
+    ended = run_outcome(run.info.status, tags.get(STATUS_TAG), tags.get(STATUS_REASON_TAG))
+    if ended:
+        return ended
+    return None if _finite(run, metric) else f"without a finite {metric}"
+
+
+def _finite(run: Any, metric: str) -> bool:
+    return math.isfinite(rank_key(metric, run.data.metrics.get(metric)))
+
+
+def _pareto_front(configs: list[list[Any]]) -> list[list[Any]]:
+    """Configurations no other beats on both means of :data:`PARETO`, most accurate first."""
+    points = [(tuple(_mean(rs, m) for m in PARETO), rs) for rs in configs]
+
+    def dominated(p: tuple[float, ...]) -> bool:
+        return any(all(a >= b for a, b in zip(o, p, strict=True)) and o != p for o, _ in points)
+
+    return [rs for p, rs in sorted(points, key=lambda x: -x[0][0]) if not dominated(p)]
 
 
 def _mean(runs: list[Any], metric: str) -> float:
     return sum(r.data.metrics[metric] for r in runs) / len(runs)
 
 
+def _seed(run: Any) -> Any:
+    seed = run.data.params.get("run.seed")
+    return knob_value(seed) if seed is not None else None
+
+
+def _knobs(run: Any) -> tuple:
+    return tuple(sorted((k, v) for k, v in run.data.params.items()
+                        if k.startswith("knob.") and k != "knob.seed"))  # fmt: skip
+
+
+def _configuration_label(runs: list[Any]) -> str:
+    """``lr=10 pnr=7 (trials a, b, c, d)``: a configuration's knobs and its trials."""
+    knobs = " ".join(f"{k.removeprefix('knob.')}={fmt_knob(v)}" for k, v in _knobs(runs[0]))
+    trials = ", ".join(str(r.data.tags.get(TRIAL_ID_TAG, r.info.run_id)) for r in runs)
+    return f"{knobs} (trials {trials})" if knobs else f"trials {trials}"
+
+
 def _same_configuration(runs: list[Any]) -> list[list[Any]]:
     """Runs grouped by configuration (every knob but the seed), lowest seed first."""
     groups: dict[tuple, list[Any]] = {}
     for r in runs:
-        knobs = tuple(sorted((k, v) for k, v in r.data.params.items()
-                             if k.startswith("knob.") and k != "knob.seed"))  # fmt: skip
         # Without knob params (e.g. an old run) a run is its own configuration.
-        groups.setdefault(knobs or (r.info.run_id,), []).append(r)
+        groups.setdefault(_knobs(r) or (r.info.run_id,), []).append(r)
     return [
         sorted(rs, key=lambda r: _seed_order(r.data.params.get("run.seed")))
         for rs in groups.values()
