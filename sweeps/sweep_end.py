@@ -92,8 +92,9 @@ def finish_sweep(
     spec = from_dict_spec(record.spec)
     interrupted = _interrupted(spec, record.sweep_id) and crash is None
     on_budget = _ended_on_budget(spec, record.sweep_id, interrupted or crash is not None)
-    # The trials the budget cut stopped as asked: not killed, not resumable.
-    settle_budget_cut(record.facts(), f"{budget_text(spec)} reached")
+    if spec.budget.time_budget_s is not None:
+        # The trials the budget cut stopped as asked: not killed, not resumable.
+        settle_budget_cut(record.facts(), f"{budget_text(spec)} reached")
     stop_request = stop_request or _stop_requested(record)
     reason = f"stopped on request ({stop_request})" if stop_request else "interrupted (Ctrl-C)"
     if crash is not None:
