@@ -27,7 +27,7 @@ from sweeps.naming import fixed_knobs, fmt_knob, label_of, run_name
 from sweeps.secrets import redact
 from sweeps.settling import error_reason
 from sweeps.spec import SweepSpec
-from trainers.metrics import format_metrics, get_metric, rank_key
+from trainers.metrics import final_only, format_metrics, get_metric, rank_key
 
 
 def knob_text(result_or_config: dict[str, Any]) -> str:
@@ -97,6 +97,9 @@ class SweepProgress(Callback):
     ) -> None:
         self.metric = spec.objective.metrics[0]
         self.shown = [*spec.objective.metrics, "val_accuracy", "test_accuracy"]
+        # Before its end a trial's result holds a NaN placeholder for these (sweeps.trial):
+        # lines about such a result leave them out.
+        self.shown_before_end = [m for m in self.shown if m not in final_only(self.shown)]
         self.total = spec.budget.num_trials
         self.concurrency = spec.budget.max_concurrent
         self.method = str(spec.train.get("compression", {}).get("method", "none"))
@@ -222,7 +225,7 @@ class SweepProgress(Callback):
             and not result.get("done")
             and not result.get("diverged")
         ):
-            shown = format_metrics(result, self.shown)
+            shown = format_metrics(result, self.shown_before_end)
             self.latest[trial.trial_id] = f"epoch {result.get('epoch', 0):.1f}: {shown}"
             self._line(
                 trials,
@@ -258,13 +261,15 @@ class SweepProgress(Callback):
             self.metric, self.best[0] if self.best else None
         ):
             self.best = (value, self._name(trial))
-        shown = format_metrics(r, self.shown)
+        shown = format_metrics(r, self.shown if r.get("completed") else self.shown_before_end)
         ratio = r.get("compression_ratio", float("nan"))
         if r.get("completed"):
             if since is not None:
                 self.durations.append(time.perf_counter() - since)
             took_in = took.replace(" (after ", " in ").rstrip(")")
-            text = f"trial {trial.trial_id} finished{took_in}: {shown}, compression {ratio:.2f}x"
+            text = f"trial {trial.trial_id} finished{took_in}: {shown}"
+            if "compression_ratio" not in self.shown:  # else already in `shown`
+                text += f", compression {ratio:.2f}x"
         else:
             text = (
                 f"trial {trial.trial_id} stopped early by the scheduler at epoch "

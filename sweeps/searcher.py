@@ -10,6 +10,7 @@ import logging
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps.eopt_sampler import E_W_ATTR
+from trainers.metrics import final_only
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +24,11 @@ class SweepOptunaSearch(OptunaSearch):
     objectives. OptunaSearch would tell Optuna COMPLETE with NaN, which Optuna refuses (a
     logged ValueError), leaving the trial RUNNING in the study; told as an error, it is FAIL.
 
+    An objective metric known only at the end (``compression_ratio``, ``params``, ``macs``) is
+    a NaN placeholder in every result before the last (:class:`sweeps.trial.TuneBridge`): it
+    goes into the study neither as an intermediate value nor, for a trial stopped before its
+    end, as the trial's value (such a trial is told PRUNED, without values).
+
     Tune reports every intermediate result to the searcher, which records it in the study. If
     the storage stops taking writes (a sweep folder turned read-only, a database outage), that
     bookkeeping is lost but the trials go on and are counted by how they end; a crash of the
@@ -32,9 +38,15 @@ class SweepOptunaSearch(OptunaSearch):
 
     _warned = False
 
+    def _final_only(self) -> list[str]:
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        return final_only([m for m in metrics if m])
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         if result and result.get("diverged"):
             return super().on_trial_complete(trial_id, result=None, error=True)
+        if result and not result.get("completed") and self._final_only():
+            result = None  # stopped before its end: its final metrics are placeholders
         if result and E_W_ATTR in result and trial_id in self._ot_trials:
             # The e_opt-guided sampler reads each finished trial's e_w from the study, so it
             # goes there with the trial, before the tell (docs/design.md §9.1).
@@ -42,6 +54,8 @@ class SweepOptunaSearch(OptunaSearch):
         return super().on_trial_complete(trial_id, result=result, error=error)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if self._final_only():
+            return  # no intermediate value exists (OptunaSearch skips several objectives too)
         try:
             super().on_trial_result(trial_id, result)
         except Exception as e:

@@ -14,6 +14,7 @@ checkpoint, where it would diverge again.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -35,17 +36,27 @@ from trainers.config import parse_train_config
 from trainers.export import export, save_exported
 from trainers.inputs import with_raw_input
 from trainers.loop import Trainer, TrainingDiverged
+from trainers.metrics import final_only
 
 
 class TuneBridge(Callback):
     """Trainer hooks → MLflow (every point) and Ray Tune (each evaluation, with a checkpoint)."""
 
     def __init__(
-        self, tracker: TrialTracker, knobs: dict[str, Any], flush_each_evaluation: bool
+        self,
+        tracker: TrialTracker,
+        knobs: dict[str, Any],
+        flush_each_evaluation: bool,
+        objective: list[str] | tuple[str, ...] = (),
     ) -> None:
         self.tracker = tracker
         self.knobs = knobs
         self.flush_each_evaluation = flush_each_evaluation
+        # Tune checks that every result holds each objective metric the searcher was given.
+        # One known only at the end (compression_ratio, params, macs) goes into each
+        # evaluation's Tune result as NaN, a placeholder that nothing ranks or shows (the
+        # real value comes with the last result, marked "completed"); MLflow never sees it.
+        self.pending = final_only(objective)
 
     def on_distortion(self, trainer: Trainer, step: int, metrics: dict[str, float]) -> None:
         self.tracker.log_metrics(metrics, step=step)
@@ -72,7 +83,8 @@ class TuneBridge(Callback):
             torch.save(trainer.state_dict(), os.path.join(d, TRAINER_FILE))
             with open(os.path.join(d, TRACKER_FILE), "wb") as f:
                 pickle.dump(self.tracker.state(), f)
-            result = {**metrics, "step": step, **_prefixed(self.knobs)}
+            placeholders = dict.fromkeys(self.pending, math.nan)
+            result = {**placeholders, **metrics, "step": step, **_prefixed(self.knobs)}
             tune.report(result, checkpoint=Checkpoint.from_directory(d))
 
 
@@ -153,7 +165,8 @@ def _run_trial(config: dict[str, Any], sweep: SweepFacts) -> None:
 
     diverged: TrainingDiverged | None = None
     try:
-        bridge = TuneBridge(tracker, knobs, flush_each_evaluation=spec.scheduler.name != "none")
+        bridge = TuneBridge(tracker, knobs, flush_each_evaluation=spec.scheduler.name != "none",
+                            objective=spec.objective.metrics)  # fmt: skip
         trainer = Trainer(cfg, callbacks=[bridge])
         if trainer_state is not None:
             trainer.load_state_dict(trainer_state)

@@ -113,6 +113,12 @@ def check_selectable(name: str) -> str | None:
     return None
 
 
+def final_only(names: list[str] | tuple[str, ...]) -> list[str]:
+    """Those of ``names`` that a run reports once, at its end (e.g. ``compression_ratio``):
+    an evaluation before the end has no value of them."""
+    return [n for n in names if get_metric(n).when == "final"]
+
+
 def validation_metrics() -> list[str]:
     """Metrics of the validation split that may select: what ``compsweep analyze`` can locate
     optima on."""
