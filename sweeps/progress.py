@@ -313,20 +313,36 @@ def best_rows(
     return sorted(front, key=lambda r: -sign[0] * r[metrics[0]])
 
 
-def print_table(rows: list[dict[str, Any]], stream: TextIO | None = None) -> None:
-    """Trials with validation and test accuracy side by side (selection is on validation)."""
+_TABLE_METRICS = ("val_accuracy", "test_accuracy", "compression_ratio", "mean_e_w_per_pnr")
+
+
+def print_table(
+    rows: list[dict[str, Any]], stream: TextIO | None = None, objective: list[str] | None = None
+) -> None:
+    """Trials with validation and test accuracy side by side (selection is on validation),
+    and a column for each ``objective`` metric not among those (e.g. ``params``, ``val_loss``),
+    so that the metrics the rows were ranked by are all shown."""
     stream = stream or sys.stdout
+    extra = [m for m in objective or [] if m not in _TABLE_METRICS]
+    widths = {m: max(len(m), 10) for m in extra}
     print(
-        f"{'trial':<16} {'val_acc':>8} {'test_acc':>8} {'ratio':>7} {'e_w/pNR':>10}  {'knobs':<48} mlflow run",
+        f"{'trial':<16} {'val_acc':>8} {'test_acc':>8} {'ratio':>7} {'e_w/pNR':>10} "
+        + "".join(f"{m:>{widths[m]}} " for m in extra)
+        + f" {'knobs':<48} mlflow run",
         file=stream,
     )
     for r in rows:
+        cells = "".join(f"{_metric_cell(r.get(m), m, widths[m])} " for m in extra)
         print(
             f"{(r.get('label', '') + ' ' + str(r.get('trial'))).strip():<16} {_num(r.get('val_accuracy'), 8, '.4f')} "
             f"{_num(r.get('test_accuracy'), 8, '.4f')} {_num(r.get('compression_ratio'), 7, '.2f')} "
-            f"{_num(r.get('mean_e_w_per_pnr'), 10, '.2e')}  {r.get('knobs')!s:<48} {r.get('mlflow_run') or '-'}",
+            f"{_num(r.get('mean_e_w_per_pnr'), 10, '.2e')} {cells} {r.get('knobs')!s:<48} {r.get('mlflow_run') or '-'}",
             file=stream,
         )
+
+
+def _metric_cell(v: Any, name: str, width: int) -> str:
+    return f"{get_metric(name).format(v) if isinstance(v, int | float) else '-':>{width}}"
 
 
 def _num(v: Any, width: int, spec: str) -> str:

@@ -134,10 +134,11 @@ def _show_one(sweep: str, tracking_uri: str | None, out: TextIO) -> int:
         record = SweepRecord(info.sweep_id, info.path, {}, info.tracking_uri, info.experiment_id,
                              info.parent_run_id)  # fmt: skip
     rows = trial_rows(record, runs)
-    objective = ((record.spec.get("objective") or {}).get("metrics") or ["val_accuracy"])[0]
+    metrics = (record.spec.get("objective") or {}).get("metrics") or ["val_accuracy"]
+    objective = metrics[0]
     if objective in METRICS:
         rows.sort(key=lambda r: (r["status"] != "finished", rank_key(objective, r.get(objective))))
-    print_table(rows, out)
+    print_table(rows, out, [m for m in metrics if m in METRICS])
     reasons = [
         (r.data.tags.get("compsweep.trial_id"), run_state(r.info.status, dict(r.data.tags)),
          r.data.tags.get(STATUS_REASON_TAG, ""))

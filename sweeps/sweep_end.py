@@ -131,7 +131,7 @@ def finish_sweep(
         best = best_rows(rows, metrics, modes, top=5)
         title = "Pareto front" if len(metrics) > 1 else f"best finished trials by {metrics[0]}"
         say(stream, f"{title}:")
-        print_table(best, stream)
+        print_table(best, stream, metrics)
     say(
         stream,
         f"\nMLflow: experiment {spec.tracking.experiment or spec.name!r} (id {record.experiment_id}), "

@@ -77,18 +77,13 @@ def test_replicates_are_checked_against_the_budget_and_the_sampler(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_grid_sweep_runs_each_cell_once_per_replicate_two_at_a_time(
-    mlflow_server, tmp_path, monkeypatch
-):
+def test_a_grid_sweep_runs_each_cell_once_per_replicate_two_at_a_time(mlflow_server, tmp_path):
     import ray
 
     from sweeps.analysis import curve_points
     from sweeps.results import load_trials, resolve_sweep
     from sweeps.runner import run_sweep
 
-    # Trials report compression_ratio and params only at their end; Tune's check that every
-    # intermediate result holds the objective metrics is not what this test is about.
-    monkeypatch.setenv("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     data = grid_spec(mlflow_server.uri, str(tmp_path / "r"))
     data["space"]["overrides"] = {**GRID, "rate": {"choices": [0.5]}}
     data["search"]["replicates"] = 2
