@@ -140,6 +140,19 @@ def test_multi_objective_rules():
     assert "search.sampler: nsga2 is multi-objective" in errors(data)
 
 
+@pytest.mark.parametrize("metric", ["compression_ratio", "params", "macs"])
+def test_asha_cannot_stop_trials_on_a_metric_known_only_at_the_end(metric):
+    data = good()
+    data["objective"] = {"metrics": [metric]}
+    data["scheduler"] = {"name": "asha"}
+    assert lines(data) == [
+        f"scheduler.name: asha compares trials at each evaluation, and {metric} is known only "
+        "at the end; use none, or an evaluation metric such as val_accuracy"
+    ]
+    data["scheduler"] = {"name": "none"}
+    parse_spec(data)  # without a scheduler it is a fine objective
+
+
 def lines(data: dict, **kwargs) -> list[str]:
     """The problems of a spec, one per line."""
     with pytest.raises(SpecError) as e:
