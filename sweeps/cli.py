@@ -172,7 +172,8 @@ def _add_results(sub: Any) -> None:
     p.add_argument(
         "--pareto",
         action="store_true",
-        help="the validation-accuracy/compression Pareto set instead (not with --metric)",
+        help="the Pareto set of the sweep's objectives instead (validation accuracy against "
+        "compression ratio for a sweep of one objective; not with --metric)",
     )
     p.add_argument(
         "--metric",

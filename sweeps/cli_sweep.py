@@ -58,6 +58,7 @@ def cmd_best(args: argparse.Namespace) -> int:
         averaged_over,
         best_args_problem,
         best_configs,
+        pareto_metrics,
         resolve_sweep,
         write_best,
     )
@@ -74,9 +75,8 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     metric = best.metric
-    selected = (
-        "pareto(val_accuracy, compression_ratio)" if args.pareto else f"top {args.top} by {metric}"
-    )
+    front = pareto_metrics(ref) if args.pareto else []
+    selected = f"pareto({', '.join(front)})" if args.pareto else f"top {args.top} by {metric}"
     write_best(best.configs, args.output, selected)
     for reason in (f"trial {tid} diverged: {why}" for tid, why in best.diverged):
         print(f"skipped {reason}")
@@ -86,11 +86,14 @@ def cmd_best(args: argparse.Namespace) -> int:
         print(f"left out: {label}: {why} (a configuration ranks only when all its runs finished)")
     for i, c in enumerate(best.configs):
         m = c["provenance"]["metrics"]
-        shown = format_metrics(m, [metric, "val_accuracy", "test_accuracy"])
+        shown = format_metrics(m, [*front, metric, "val_accuracy", "test_accuracy"])
         mean = averaged_over(c["provenance"])
         shown = f"{mean} {shown}" if mean else shown
-        print(f"[{i}] trial {c['provenance']['trial_id']}: {shown}, "
-              f"compression {m.get('compression_ratio', float('nan')):.2f}x (run {c['provenance']['run_id']})")  # fmt: skip
+        if "compression_ratio" not in shown:
+            shown += f", compression {m.get('compression_ratio', float('nan')):.2f}x"
+        print(
+            f"[{i}] trial {c['provenance']['trial_id']}: {shown} (run {c['provenance']['run_id']})"
+        )
     print(
         f"wrote {len(best.configs)} config(s) to {args.output}; train one with: compsweep train {args.output} [--index I] [--epochs N]"
     )

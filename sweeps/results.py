@@ -232,16 +232,12 @@ class BestConfigs:
     metric: str  # what the configs are shown and ranked (or the front taken) by
 
 
-# The front ``--pareto`` takes: validation accuracy against compression, both maximized.
-PARETO = ("val_accuracy", "compression_ratio")
-
-
 def best_args_problem(top: int, pareto: bool, metric: str | None) -> str | None:
     """What is wrong with ``best``'s arguments before any sweep is read, or None."""
     if top < 1:
         return f"--top must be >= 1 (how many of the best configurations to write), got {top}"
     if pareto and metric is not None:
-        return (f"--pareto takes the {PARETO[0]} / {PARETO[1]} Pareto set, and --metric ranks "
+        return ("--pareto takes the Pareto set of the sweep's objectives, and --metric ranks "
                 f"the --top K: pass one of --pareto and --metric {metric}")  # fmt: skip
     return None
 
@@ -252,8 +248,7 @@ def best_configs(
     """The best configurations' resolved training configs with provenance, best first.
 
     Ranks by ``metric`` (default: the sweep's first objective) in its catalogue direction,
-    or takes the validation-accuracy / compression Pareto set (``pareto``, without
-    ``metric``); refuses test-split and direction-less metrics. Runs with the same knobs are
+    or takes the Pareto set of :func:`pareto_metrics` (``pareto``, without ``metric``); refuses test-split and direction-less metrics. Runs with the same knobs are
     one configuration and count by their mean; a configuration counts only when every run of
     it finished with a finite value: one failed, diverged, stopped, killed or still running
     run leaves it out (see :func:`sweeps.outcomes.incomplete`).
@@ -261,7 +256,8 @@ def best_configs(
     problem = best_args_problem(top, pareto, metric)
     if problem:
         raise ValueError(problem)
-    metric = PARETO[0] if pareto else metric or ref.objective[0]
+    front = pareto_metrics(ref) if pareto else []
+    metric = front[0] if pareto else metric or ref.objective[0]
     problem = check_selectable(metric)
     if problem:
         raise ValueError(problem)
@@ -287,16 +283,16 @@ def best_configs(
             + (f" ({'; '.join(notes)})" if notes else "")
         )
     if pareto:
-        chosen = _pareto_front([rs for rs in ranked if all(_finite(x, PARETO[1]) for x in rs)])
+        chosen = _pareto_front(ranked, front)
         if not chosen:
-            raise ValueError(f"sweep {ref.sweep_id} has no finished trial with a finite "
-                             f"{PARETO[1]!r}: no Pareto set to take")  # fmt: skip
+            raise ValueError(f"sweep {ref.sweep_id} has no finished configuration with a finite "
+                             f"{' and '.join(map(repr, front))} yet")  # fmt: skip
     else:
         # A configuration run with several seeds ranks by its mean: the luckiest seed of a
         # noisy replicate would flatter it.
         chosen = sorted(ranked, key=lambda rs: rank_key(metric, _mean(rs, metric)))[:top]
     keep = ("val_accuracy", "test_accuracy", "compression_ratio", "params", "macs",
-            "mean_e_w_per_pnr", metric)  # fmt: skip
+            "mean_e_w_per_pnr", metric, *front)  # fmt: skip
     client = mlflow_client(ref.tracking_uri)
     out = []
     for rs in chosen:
@@ -351,14 +347,27 @@ def _finite(run: Any, metric: str) -> bool:
     return math.isfinite(rank_key(metric, run.data.metrics.get(metric)))
 
 
-def _pareto_front(configs: list[list[Any]]) -> list[list[Any]]:
-    """Configurations no other beats on both means of :data:`PARETO`, most accurate first."""
-    points = [(tuple(_mean(rs, m) for m in PARETO), rs) for rs in configs]
+def pareto_metrics(ref: SweepRef) -> list[str]:
+    """What ``best --pareto`` trades off: the sweep's objectives when it has several, else
+    validation accuracy against compression ratio."""
+    return list(ref.objective) if len(ref.objective) > 1 else ["val_accuracy", "compression_ratio"]
 
-    def dominated(p: tuple[float, ...]) -> bool:
-        return any(all(a >= b for a, b in zip(o, p, strict=True)) and o != p for o, _ in points)
 
-    return [rs for p, rs in sorted(points, key=lambda x: -x[0][0]) if not dominated(p)]
+def _pareto_front(configs: list[list[Any]], metrics: list[str]) -> list[list[Any]]:
+    """The configurations no other beats on the means of every one of ``metrics`` (in their
+    catalogue directions), each once, best first by the first; a configuration missing one,
+    or holding a non-finite one, is left out, as in every ranking."""
+    pts = [rs for rs in configs if all(_finite(r, m) for r in rs for m in metrics)]
+    keys = {id(rs): [rank_key(m, _mean(rs, m)) for m in metrics] for rs in pts}
+
+    def dominated(rs: list[Any]) -> bool:
+        mine = keys[id(rs)]
+        return any(
+            all(o <= k for o, k in zip(keys[id(x)], mine, strict=True)) and keys[id(x)] != mine
+            for x in pts
+        )
+
+    return sorted((rs for rs in pts if not dominated(rs)), key=lambda rs: keys[id(rs)])
 
 
 def _mean(runs: list[Any], metric: str) -> float:

@@ -65,6 +65,15 @@ def test_default_metric_is_the_objective_and_higher_accuracy_wins(ref):
     assert best.configs[0]["provenance"]["metrics"]["test_accuracy"] == 0.80  # shown, not used
 
 
+def test_pareto_is_over_the_sweeps_objectives_and_skips_what_never_ranks(ref):
+    # a, b, c trade val_accuracy against params; nan, inf, diverged and running never rank.
+    ref.objective = ["val_accuracy", "params"]
+    assert trial_ids(best_configs(ref, pareto=True)) == ["b", "a", "c"]
+    ref.objective = ["val_accuracy"]  # one objective: accuracy against compression ratio
+    with pytest.raises(ValueError, match="finite 'val_accuracy' and 'compression_ratio'"):
+        best_configs(ref, pareto=True)  # no run reports a ratio: no front, not an empty file
+
+
 def test_replicates_rank_by_their_mean_not_their_luckiest_seed(monkeypatch, ref):
     def seeded(tid, pnr, seed, acc):
         params = {"knob.pnr": str(pnr), "knob.seed": str(seed), "run.seed": str(seed)}
@@ -169,7 +178,7 @@ def test_the_pareto_set_lists_a_configuration_once_and_only_when_every_seed_fini
         (["--top=-2"], "--top must be >= 1"),
         (
             ["--pareto", "--metric", "val_loss"],
-            "--pareto takes the val_accuracy / compression_ratio",
+            "--pareto takes the Pareto set of the sweep's objectives",
         ),
     ],
 )

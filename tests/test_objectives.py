@@ -73,6 +73,6 @@ def test_an_objective_known_only_at_the_end_is_told_its_final_value(
     assert best.configs[0]["provenance"]["metrics"][key] == direction(
         r.data.metrics[key] for r in children
     )
-    if "compression_ratio" in metrics:
+    if len(metrics) > 1:  # `best --pareto` takes the front of the sweep's objectives
         front = best_configs(ref, pareto=True).configs
         assert {c["provenance"]["run_id"] for c in front} == best_runs
