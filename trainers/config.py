@@ -106,7 +106,7 @@ class ModelConfig(Section):
 class OptimConfig(Section):
     optimizer: OptimizerName = Field("sgd", description="the optimizer")
     lr: float = Field(0.05, gt=0, description="learning rate")
-    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum, in [0, 1)")
     nesterov: bool = Field(False, description="Nesterov momentum (SGD)")
     weight_decay: float = Field(
         0.0, ge=0, description="the optimizer's own L2, independent of any distortion"
@@ -117,6 +117,15 @@ class OptimConfig(Section):
         default_factory=list, description="epochs at which to decay, for multistep"
     )
     gamma: float = Field(0.1, gt=0, description="decay factor of step and multistep")
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, milestones: list[float]) -> list[float]:
+        # multistep decays once per milestone passed: a repeat would decay twice at once, and
+        # an unsorted list reads as a schedule it is not.
+        if any(b <= a for a, b in zip(milestones, milestones[1:], strict=False)):
+            raise ValueError(f"must increase, each epoch once, got {milestones}")
+        return milestones
 
     @model_validator(mode="after")
     def _nesterov_needs_momentum(self) -> OptimConfig:
@@ -392,12 +401,13 @@ def read_mapping(
     error: type[ConfigError] = ConfigError,
 ) -> dict[str, Any]:
     """The mapping in YAML file ``path``; a missing, empty, unreadable, non-UTF-8 or invalid
-    file, or one that holds something else, raises ``error`` with a one-line problem."""
+    file, or one that holds something else, raises ``error`` with a one-line problem (a line
+    per key repeated in a mapping)."""
     source = str(path)
     try:
         data = yamlio.load_file(path)
     except yamlio.YamlError as e:
-        raise error([str(e).removeprefix(f"{source}: ")], source) from None
+        raise error(e.problems or [str(e).removeprefix(f"{source}: ")], source) from None
     names = ", ".join(sections)
     if data is None:
         raise error([f"the file is empty; a {what} is a mapping of {names}"], source)

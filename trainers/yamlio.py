@@ -18,11 +18,41 @@ __all__ = ["YamlError", "dumps", "load_file", "loads", "parse_scalar"]
 
 
 class YamlError(ValueError):
-    """A file or text that cannot be read as YAML; the message says where and why."""
+    """A file or text that cannot be read as YAML; the message says where and why, and
+    ``problems`` lists each problem (without the source) when there are several."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.problems = problems or []
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader plus YAML 1.2 floats without a dot or without an exponent sign."""
+    """SafeLoader plus YAML 1.2 floats without a dot or without an exponent sign, noting every
+    key a mapping repeats (PyYAML keeps the last one silently, so a range written and then a
+    fixed value under one knob would search nothing)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.duplicates: list[tuple[int, str]] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` then a key of base: overriding it is what merge is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                earlier = seen.get(key)
+            except TypeError:  # an unhashable key: refused by SafeLoader itself
+                continue
+            if earlier is None:
+                seen[key] = line
+            else:
+                self.duplicates.append(
+                    (line, f"duplicate key {key!r} at line {line} (earlier at line {earlier})")
+                )
+        return super().construct_mapping(node, deep)
 
 
 _EXP_FLOAT = re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$")
@@ -35,8 +65,9 @@ MAX_DEPTH = 100  # nesting; deeper would exhaust the recursion of whatever walks
 
 def loads(text: str, source: str = "YAML text") -> Any:
     """Parse ``text``; raise :class:`YamlError` naming ``source``, line and column."""
+    loader = _Loader(text)
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = loader.get_single_data()
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -44,6 +75,11 @@ def loads(text: str, source: str = "YAML text") -> Any:
         raise YamlError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:
         raise YamlError(f"{source}: nested too deeply to read") from None
+    finally:
+        loader.dispose()
+    if loader.duplicates:
+        found = [why for _, why in sorted(loader.duplicates)]
+        raise YamlError(f"{source}: {'; '.join(found)}", found)
     _check_expansion(data, source)
     return data
 
