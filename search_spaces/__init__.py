@@ -318,7 +318,8 @@ def _range_problems(knob: str, d: Mapping[str, Any], path: str) -> list[Problem]
         return [Problem(path, f"low {lo} must not exceed high {hi}")]
     if log and lo <= 0:
         return [Problem(f"{path}.low", f"a log range needs low > 0, got {lo}")]
-    if log and step not in (None, 1):
+    # Optuna takes step 1 on a log range of integers only (it is their spacing anyway).
+    if log and step is not None and not (d["kind"] == "int" and step == 1):
         return [Problem(path, f"a log range takes no step (got step {step}); drop one of them")]
     return []
 
