@@ -71,7 +71,9 @@ KNOB_PATHS = {
 DEFAULT_NUM_TRIALS = 8
 # Tracking stores MLflow 3 opens (SQLAlchemy ones also as scheme+driver); a plain path or
 # file: is its retired file store, refused unless MLFLOW_ALLOW_FILE_STORE is set.
-NAME_PATTERN = r"^[\w.-]+$"
+# A letter or digit first: a sweep id starting with '-' would be taken for an option by
+# `status`, `stop` and `resume`.
+NAME_PATTERN = r"^[^\W_][\w.-]*$"
 
 SpaceName = literal_of(SPACES, "search space")
 SamplerName = literal_of(SAMPLERS, "sampler")
@@ -262,7 +264,8 @@ class SweepSpec(Section):
     def _name(cls, v: Any) -> Any:
         if isinstance(v, str) and re.match(NAME_PATTERN, v) is None:
             raise ValueError(
-                f"give the sweep a name of letters, digits, '-', '_' or '.', got {shown(v)}"
+                f"give the sweep a name of letters, digits, '-', '_' or '.' that starts with a "
+                f"letter or digit, got {shown(v)}"
             )
         return v
 
