@@ -4,15 +4,17 @@ Checks, in order, each run on every part the previous ones found sound: the sect
 (types, bounds, names), the space overrides, the base ``train`` section and then the training
 config of every branch of the space with each knob at both ends of its range (and at each
 choice) on the real data and model (:func:`_train_problems`), the rules between sections, and
-last what this machine must provide (a writable storage path, a reachable tracking store). A
-:class:`~sweeps.spec.SpecError` lists every problem at once, one line each, naming its field.
+last what this machine must provide (a writable storage path, a study database it can open, a
+reachable tracking store). A bad override does not stop the checks of the training configs: its
+knob is held at the space's default mid-range. A :class:`~sweeps.spec.SpecError` lists every
+problem at once, one line each, naming its field.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,40 @@ def storage_problem(path: str) -> str | None:
         return f"{nearest} is a file, so {p} cannot be created"
     if not os.access(nearest, os.W_OK | os.X_OK):
         return f"cannot write in {nearest}"
+    return None
+
+
+def study_storage_problem(url: str, here: bool = True) -> str | None:
+    """Why Optuna could not keep a study in database ``url``, or None: a driver SQLAlchemy does
+    not know; ``here`` (the sweep runs on this machine) also a driver not installed, or an SQLite
+    database whose folder is missing or not writable (SQLite creates the file, not its folder).
+    Remote databases are not connected to: that could hang the check."""
+    from sqlalchemy.engine import make_url  # deferred: only a spec naming a storage needs it
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        u = make_url(url)
+        dialect = u.get_dialect()
+    except NoSuchModuleError:  # (an ArgumentError too)
+        return f"SQLAlchemy knows no driver {u.drivername!r}; e.g. {u.get_backend_name()}://..."
+    except (ArgumentError, ValueError):
+        return f"{url!r} is no database URL (e.g. sqlite:////abs/path/optuna.db)"
+    if not here:
+        return None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        return f"the driver of {u.drivername} is not installed here (no module {e.name!r})"
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:"):
+        return None
+    db = Path(u.database).expanduser()  # relative: to the folder the sweep is run from
+    folder = db.parent.resolve()
+    if db.is_dir():
+        return f"{db} is a folder, not a database file"
+    if not folder.is_dir():
+        return f"no folder {folder} for the SQLite database; create it or fix the URL"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot write in {folder}, where the SQLite database would be"
     return None
 
 
@@ -68,10 +104,34 @@ class _Parts:
         return self.sections.get(name)
 
 
-def _train_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
-    """The ``train`` section on its own, then (with a sound space) the training config of every
-    branch of the space with its knobs in mid-range and with each knob at both ends of its range
-    (and at each choice), on the real data and model; problems name the spec field to fix."""
+def _sound_space(space: Any, found: list[Problem]) -> tuple[Any, set[str]]:
+    """The space with only its well-formed overrides, and the knobs whose overrides are not, so
+    that the training configs are still checked (a typo in ``train`` is no less a typo beside a
+    bad range); None when the problems leave no space to check (an override that breaks the
+    space as a whole, or a bad one of a knob that chooses between branches)."""
+    prefix = "space.overrides."
+    if any(not p.path.startswith(prefix) for p in found):
+        return None, set()
+    unsound = {p.path.removeprefix(prefix).split(".")[0] for p in found}
+    sound = {k: o for k, o in space.overrides.items() if str(k) not in unsound}
+    try:
+        narrowed = branches(space.name, sound)
+        if override_problems(space.name, sound):
+            return None, set()
+    except Exception:
+        return None, set()
+    if len(narrowed) > 1 and any(
+        b.get(k, {}).get("kind") == "categorical" for b in narrowed for k in unsound
+    ):
+        return None, set()  # which branches were meant is unknown
+    return space.model_copy(update={"overrides": sound}), unsound
+
+
+def _train_problems(parts: _Parts, space: Any, unsound: Collection[str] = ()) -> list[Problem]:
+    """The ``train`` section on its own, then (with a space) the training config of every branch
+    of the space with its knobs in mid-range and with each knob at both ends of its range (and
+    at each choice), on the real data and model; problems name the spec field to fix. Knobs in
+    ``unsound`` (overrides reported already) stay at their default mid-range, unblamed."""
     if parts.train is None:
         return []
     models: dict[str, Any] = {}
@@ -80,9 +140,8 @@ def _train_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
     # The method and its knobs come from the space: the base section is checked without them.
     sections.pop("compression", None)
     problems += [p.under("train") for p in model_problems(sections, parts.check_data, models)]
-    if not space_ok or parts.method_params is None:
+    if space is None or parts.method_params is None:
         return problems
-    space = parts.space
 
     def check(knobs: dict[str, Any]) -> list[Problem]:
         try:
@@ -95,32 +154,43 @@ def _train_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
     for knobs in branches(space.name, space.overrides):
         middle = {k: _middle(d) for k, d in knobs.items()}
         at_middle = check(middle)
-        problems += [_attribute(parts, p, middle, None) for p in at_middle]
+        problems += [
+            _attribute(space, parts, p, middle, None)
+            for p in at_middle
+            if _blamed(p, middle, None) not in unsound
+        ]
         for knob, dist in knobs.items():
+            if knob in unsound:
+                continue
             for value in extreme_values(dist):
                 other = dist["kind"] == "categorical" and value != dist["taken"]
                 if other and set(record(space.name, space.overrides, {knob: value})) != set(knobs):
                     continue  # this choice leads to another branch, checked on its own
                 for p in check({**middle, knob: value}):
-                    if p not in at_middle:
-                        problems.append(_attribute(parts, p, {**middle, knob: value}, knob))
+                    varied = {**middle, knob: value}
+                    if p not in at_middle and _blamed(p, varied, knob) not in unsound:
+                        problems.append(_attribute(space, parts, p, varied, knob))
     return list(dict.fromkeys(problems))  # dedupe, keep order
 
 
-def _attribute(parts: _Parts, p: Problem, knobs: dict[str, Any], varied: str | None) -> Problem:
-    """Name the spec field behind a trial-config problem: the knob whose value provoked it, the
-    method's fixed knobs, or the base ``train`` section."""
-    space = parts.space
+def _blamed(p: Problem, knobs: dict[str, Any], varied: str | None) -> str | None:
+    """The knob whose value provoked trial-config problem ``p``, if one did."""
     owner = None  # the knob whose own field the problem is at
     for k in knobs:
         path = KNOB_PATHS.get(k, f"compression.params.{k}")
         if p.path == path or p.path.startswith(path + "."):
             owner = k
-    knob = (
-        varied
-        if varied is not None and (owner == varied or p.path == "compression.params")
-        else owner
-    )
+    if varied is not None and (owner == varied or p.path == "compression.params"):
+        return varied
+    return owner
+
+
+def _attribute(
+    space: Any, parts: _Parts, p: Problem, knobs: dict[str, Any], varied: str | None
+) -> Problem:
+    """Name the spec field behind a trial-config problem: the knob whose value provoked it, the
+    method's fixed knobs, or the base ``train`` section."""
+    knob = _blamed(p, knobs, varied)
     if knob is not None:
         where = (
             f"space.overrides.{knob}"
@@ -237,12 +307,17 @@ def _rule_problems(parts: _Parts, space_ok: bool) -> list[Problem]:
 def _environment_problems(
     parts: _Parts, check_tracking: bool, check_storage: bool
 ) -> list[Problem]:
-    """What this machine must provide: a storage folder it can write, a tracking store it can use."""
+    """What this machine must provide: a storage folder it can write, a study database (its
+    driver, an SQLite database's folder) and a tracking store it can use."""
     p = []
     if check_storage and parts.storage is not None:
         problem = storage_problem(parts.storage.path)
         if problem:
             p.append(Problem("storage.path", problem))
+    if parts.search is not None and parts.search.storage is not None:
+        problem = study_storage_problem(parts.search.storage, here=check_storage)
+        if problem:
+            p.append(Problem("search.storage", problem))
     if check_tracking and parts.tracking is not None and parts.tracking.uri:
         problem = check_tracking_uri(parts.tracking.uri)
         if problem:
@@ -283,11 +358,14 @@ def spec_problems(
     problems += validate(SweepSpec, data)[1]
     parts = _Parts(data, problems)
     space_ok = parts.space is not None
+    space, unsound = parts.space, set()
     if space_ok:
         found = override_problems(parts.space.name, parts.space.overrides)
         problems += found
         space_ok = not found
-    problems += _train_problems(parts, space_ok)
+        if found:
+            space, unsound = _sound_space(parts.space, found)
+    problems += _train_problems(parts, space, unsound)
     problems += _rule_problems(parts, space_ok)
     problems += _environment_problems(parts, check_tracking, check_storage)
     problems = list(dict.fromkeys(problems))
