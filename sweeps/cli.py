@@ -27,6 +27,7 @@ from sweeps.cli_sweep import (
 from sweeps.cli_train import cmd_train
 from sweeps.outcomes import EXIT_BAD_INPUT
 from sweeps.quiet import quiet_libraries
+from sweeps.secrets import redact
 from trainers import yamlio
 from trainers.metrics import validation_metrics
 from trainers.validation import ConfigError
@@ -359,14 +360,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, yamlio.YamlError) as e:
         if debug:
             traceback.print_exc()
-        print(f"error: {e}", file=sys.stderr)
+        print(redact(f"error: {e}"), file=sys.stderr)
         return EXIT_BAD_INPUT
     except Exception as e:
         if debug:
             raise
         detail = " ".join(str(e).split())
         print(
-            f"error: {type(e).__name__}: {detail} (run with --debug for the traceback)",
+            redact(f"error: {type(e).__name__}: {detail} (run with --debug for the traceback)"),
             file=sys.stderr,
         )
         return 1

@@ -12,6 +12,7 @@ from typing import Any
 from sweeps.cli_input import set_lines
 from sweeps.naming import browse_hint
 from sweeps.outcomes import EXIT_BAD_INPUT
+from sweeps.secrets import redact
 from sweeps.tracking_uri import tracking_uri_problem
 from trainers.callbacks import Callback
 from trainers.validation import ConfigError, Problem
@@ -185,7 +186,7 @@ def _train_final(
         f"{out['bytes_stored']:.0f} of {out['bytes_dense']:.0f} bytes, "
         f"{out['compression_ratio_bytes']:.2f}x; {out['macs']:.0f} of {out['macs_dense']:.0f} "
         f"MACs per sample, {out['exported_macs']:.0f} as the exported model computes them)\n"
-        f"MLflow run {out['run_id']} at {out['tracking_uri']}; registered as "
+        f"MLflow run {out['run_id']} at {redact(out['tracking_uri'])}; registered as "
         f"models:/{out['model_name']}/{out['model_version']} "
         f"(load with mlflow.pytorch.load_model)"
     )

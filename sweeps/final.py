@@ -19,6 +19,7 @@ import yaml
 import trainers
 from sweeps.quiet import library_prints
 from sweeps.records import sweep_name
+from sweeps.secrets import redact
 from sweeps.tracking import (
     METHOD_TAG,
     SOURCE_RUN_ID_TAG,
@@ -208,7 +209,7 @@ def _export_and_register(
     # everything logged so far, before it ends the run.
     if not tracker.flush(timeout=FLUSH_TIMEOUT_S, wait_while_down=True) or tracker.run_id is None:
         raise TrackingUnavailable(
-            f"cannot log the final run to {uri} within {FLUSH_TIMEOUT_S:g}s: {tracker.last_error}"
+            f"cannot log the final run to {redact(uri)} within {FLUSH_TIMEOUT_S:g}s: {tracker.last_error}"
         )
     run_id = tracker.run_id
     client = mlflow_client(uri)

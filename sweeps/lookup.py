@@ -11,6 +11,7 @@ from typing import Any
 from sweeps.driver import DRIVER_GONE_AFTER_S, DRIVER_TAG, HEARTBEAT_TAG, PATH_TAG, parent_run_state
 from sweeps.lock import holder_alive
 from sweeps.records import SWEEP_FILE, SweepRecord
+from sweeps.secrets import redact
 from sweeps.tracking import ROLE_TAG, SWEEP_ID_TAG, default_tracking_uri, mlflow_client
 
 
@@ -111,7 +112,7 @@ def resolve(sweep: str, tracking_uri: str | None = None) -> tuple[SweepInfo, Swe
     if not runs:
         raise FileNotFoundError(
             f"no sweep {sweep!r}: not a sweep folder (with {SWEEP_FILE}) and no sweep of that "
-            f"id in MLflow at {uri}; `compsweep status` lists the sweeps"
+            f"id in MLflow at {redact(uri)}; `compsweep status` lists the sweeps"
         )
     info = info_from_run(uri, runs[0])
     record = None

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from sweeps.secrets import split_credentials
 from trainers.metrics import get_metric
 
 # Knob names shortened in run names (the terminal and the params keep the full names).
@@ -105,7 +106,7 @@ def browse_hint(
     server's page for an MLflow server, ``compsweep ui`` and its page for an SQLite store."""
     ui = "http://127.0.0.1:5000"
     if tracking_uri.startswith(("http://", "https://")):
-        base, how = tracking_uri, "Browse it at"
+        base, how = split_credentials(tracking_uri)[0] or tracking_uri, "Browse it at"
     elif tracking_uri.startswith("sqlite"):
         base, how = ui, "Browse it with `compsweep ui` and open"
     else:

@@ -25,6 +25,7 @@ from sweeps.lookup import sweep_parent_runs
 from sweeps.naming import fmt_knob
 from sweeps.outcomes import incomplete, run_outcome
 from sweeps.records import SWEEP_FILE, SweepRecord
+from sweeps.secrets import redact
 from sweeps.tracking import (
     STATUS_REASON_TAG,
     STATUS_TAG,
@@ -86,7 +87,7 @@ def resolve_sweep(sweep: str, tracking_uri: str | None = None) -> SweepRef:
         )
     raise FileNotFoundError(
         f"no sweep {sweep!r}: not a sweep folder (with {SWEEP_FILE}) and no sweep of that id in "
-        f"MLflow at {uri}; see `compsweep status` for the sweeps there"
+        f"MLflow at {redact(uri)}; see `compsweep status` for the sweeps there"
     )
 
 
