@@ -1,11 +1,20 @@
 """The command line's shared input: ``--set`` lines, a sweep spec with its overrides, a
-``--tracking-uri`` given on the command line."""
+``--tracking-uri`` given on the command line, the tracking store a sweep is looked up in."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from sweeps.tracking_uri import tracking_uri_problem
+from sweeps.records import SWEEP_FILE
+from sweeps.secrets import redact
+from sweeps.tracking_uri import (
+    default_tracking_uri,
+    lookup_problem,
+    missing_store,
+    tracking_uri_problem,
+)
 from trainers import yamlio
 from trainers.validation import ConfigError, Problem, shown
 
@@ -34,7 +43,32 @@ def check_tracking_uri_arg(uri: str | None) -> None:
         return
     problem = tracking_uri_problem(uri)
     if problem:
-        raise ConfigError([problem], f"--tracking-uri {uri}")
+        raise ConfigError([problem], f"--tracking-uri {redact(uri)}")
+
+
+def check_lookup_store(uri: str | None, sweep: str | None) -> None:
+    """Before ``status``, ``analyze``, ``best``, ``stop`` or ``resume`` reads MLflow: the store
+    a sweep is looked up in (``uri``, else the default; none for a sweep folder, which names its
+    own) must be one MLflow can use, exist, and answer within seconds. MLflow's client would
+    otherwise create an empty SQLite store at a mistyped path, or retry an unreachable server
+    for minutes.
+
+    Raises:
+        ConfigError: one line saying what is wrong (exit 2).
+    """
+    if uri is None and sweep is not None and (Path(sweep) / SWEEP_FILE).is_file():
+        return
+    used = uri or default_tracking_uri()
+    if uri is None and sweep is None and missing_store(used) is not None:
+        return  # listing the sweeps needs no default store (there is none before a first sweep)
+    problem = lookup_problem(used)
+    if problem:
+        source = (
+            "--tracking-uri" if uri
+            else "MLFLOW_TRACKING_URI" if os.environ.get("MLFLOW_TRACKING_URI")
+            else "the default tracking store"
+        )  # fmt: skip
+        raise ConfigError([problem], f"{source} {redact(used)}")
 
 
 def read_spec(

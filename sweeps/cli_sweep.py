@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sweeps.cli_input import check_tracking_uri_arg, read_spec
+from sweeps.cli_input import check_lookup_store, check_tracking_uri_arg, read_spec
 from sweeps.lock import SweepBusy
 from sweeps.lookup import resolve
 from sweeps.outcomes import EXIT_BAD_INPUT, EXIT_BUSY
@@ -34,10 +34,10 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from sweeps.analysis_report import report_lines
     from sweeps.results import resolve_sweep, run_analysis
 
-    check_tracking_uri_arg(args.tracking_uri)
     if args.bins < 1:
         print(f"error: --bins must be >= 1, got {args.bins}", file=sys.stderr)
         return 2
+    check_lookup_store(args.tracking_uri, args.sweep)
     try:
         ref = resolve_sweep(args.sweep, args.tracking_uri)
         a, files = run_analysis(ref, bins=args.bins, out_dir=args.output, metric=args.metric)
@@ -63,11 +63,11 @@ def cmd_best(args: argparse.Namespace) -> int:
         write_best,
     )
 
-    check_tracking_uri_arg(args.tracking_uri)
     problem = best_args_problem(args.top, args.pareto, args.metric)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    check_lookup_store(args.tracking_uri, args.sweep)
     try:
         ref = resolve_sweep(args.sweep, args.tracking_uri)
         best = best_configs(ref, top=args.top, pareto=args.pareto, metric=args.metric)
@@ -161,6 +161,7 @@ def _eopt_sampler_problem(spec: Any) -> str | None:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
+    check_lookup_store(args.tracking_uri, args.path)
     from sweeps.runner import resume_sweep  # the driver: Ray, Optuna, MLflow, torch
 
     path = args.path
@@ -181,6 +182,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
+    check_lookup_store(args.tracking_uri, args.sweep)
     from sweeps.stopping import stop_sweep  # settles runs through Ray's trial bookkeeping
 
     try:
@@ -216,6 +218,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    check_lookup_store(args.tracking_uri, args.path)
     return show_status(args.path, storage=args.storage, tracking_uri=args.tracking_uri)
 
 
@@ -230,7 +233,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     check_tracking_uri_arg(args.tracking_uri)
     uri = args.tracking_uri or default_tracking_uri()
     if uri.startswith(("http://", "https://")):
-        print(f"error: {uri} is an MLflow server already; open it in a browser", file=sys.stderr)
+        print(
+            f"error: {redact(uri)} is an MLflow server already; open it in a browser",
+            file=sys.stderr,
+        )
         return EXIT_BAD_INPUT
     try:
         check_store(uri, args.storage)

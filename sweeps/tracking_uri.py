@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse, urlsplit
 
+from sweeps.secrets import redact
 from sweeps.tracking_schema import safe_name
 from trainers.validation import shown
 
@@ -70,41 +71,78 @@ def check_tracking_uri(uri: str, timeout: float = 10) -> str | None:
 
     http(s): the server must answer ``/health`` (or the REST API) within ``timeout`` seconds;
     sqlite / file: the database file or directory must be writable. Other schemes (PostgreSQL,
-    plugins…) are not checked here.
+    plugins…) are not checked here. A password in ``uri`` is masked in the message.
     """
     if not uri or not uri.strip():
         return "tracking.uri: empty; leave it out for the embedded SQLite store"
     parsed = urlparse(uri)
     scheme = parsed.scheme.lower()
     if scheme in ("http", "https"):
-        import requests  # deferred: only http(s) URIs need it
-
-        base = uri.rstrip("/")
-        errors = []
-        for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
-            try:
-                resp = requests.get(base + path, timeout=timeout)
-            except requests.RequestException as e:
-                reason = type(e).__name__
-                if isinstance(e, requests.ConnectionError):
-                    reason = "connection refused or host unreachable"
-                elif isinstance(e, requests.Timeout):
-                    reason = f"no answer within {timeout:g}s"
-                return f"tracking.uri: cannot reach the MLflow tracking server at {uri} ({reason}); start it or fix the URI"
-            if resp.status_code == 200:
-                return None
-            errors.append(f"GET {path} -> HTTP {resp.status_code}")
-        return f"tracking.uri: {uri} does not answer like an MLflow tracking server ({'; '.join(errors)})"
+        problem = server_problem(uri, timeout)
+        return f"tracking.uri: {problem}" if problem else None
     if scheme == "sqlite":
         path = sqlite_path(uri)
         if path is None:
             return None  # in-memory database
         problem = _check_writable_file(path)
-        return f"tracking.uri: SQLite store {uri} is not usable: {problem}" if problem else None
+        return (
+            f"tracking.uri: SQLite store {redact(uri)} is not usable: {problem}"
+            if problem
+            else None
+        )
     if scheme in ("", "file"):
         path = Path(parsed.path if scheme == "file" else uri).expanduser()
         problem = _check_writable_dir(path)
-        return f"tracking.uri: file store {uri} is not usable: {problem}" if problem else None
+        return (
+            f"tracking.uri: file store {redact(uri)} is not usable: {problem}" if problem else None
+        )
+    return None
+
+
+def server_problem(uri: str, timeout: float) -> str | None:
+    """Why the MLflow server at the http(s) ``uri`` cannot be used (it must answer ``/health``,
+    or the REST API, within ``timeout`` seconds), else None; the password masked. /health needs
+    no credentials, even on a server with basic auth."""
+    import requests  # deferred: only http(s) URIs need it
+
+    base = uri.rstrip("/")
+    errors = []
+    for path in ("/health", "/api/2.0/mlflow/experiments/search?max_results=1"):
+        try:
+            resp = requests.get(base + path, timeout=timeout)
+        except requests.RequestException as e:
+            reason = type(e).__name__
+            if isinstance(e, requests.ConnectionError):
+                reason = "connection refused or host unreachable"
+            elif isinstance(e, requests.Timeout):
+                reason = f"no answer within {timeout:g}s"
+            return f"cannot reach the MLflow tracking server at {redact(uri)} ({reason}); start it or fix the URI"
+        if resp.status_code == 200:
+            return None
+        errors.append(f"GET {path} -> HTTP {resp.status_code}")
+    return f"{redact(uri)} does not answer like an MLflow tracking server ({'; '.join(errors)})"
+
+
+def missing_store(uri: str) -> Path | None:
+    """The file of a ``sqlite:`` store that does not exist yet (MLflow would create it, empty),
+    else None."""
+    path = sqlite_path(uri)
+    return path if path is not None and not path.is_file() else None
+
+
+def lookup_problem(uri: str, timeout: float = 5) -> str | None:
+    """Why no sweep can be looked up in the tracking store ``uri``, else None: MLflow could not
+    use it, it is an SQLite file that does not exist (MLflow would create an empty store
+    there), or it is a server that does not answer within ``timeout`` seconds (MLflow's own
+    client would retry for minutes). The password masked."""
+    problem = tracking_uri_problem(uri)
+    if problem:
+        return problem
+    missing = missing_store(uri)
+    if missing is not None:
+        return f"no MLflow store at {missing}: check --tracking-uri"
+    if urlsplit(uri).scheme.lower() in ("http", "https"):
+        return server_problem(uri, timeout)
     return None
 
 
@@ -157,20 +195,20 @@ def local_artifact_location(uri: str, name: str) -> str | None:
 
 def tracking_uri_problem(uri: str) -> str | None:
     """Why MLflow could not use ``uri`` as its tracking store (from its form alone), or None.
-    Credentials in it are fine."""
+    Credentials in it are fine (and their password masked in the message)."""
     if not uri.strip():
         return "empty; leave it out (null) for the embedded SQLite store ./mlflow.db"
     try:
         parts = urlsplit(uri)
         parts.port  # noqa: B018 (raises on a malformed port)
     except ValueError as e:
-        return f"{shown(uri)} is not a URI ({e})"
+        return f"{shown(redact(uri))} is not a URI ({e})"
     scheme = parts.scheme.lower().split("+")[0]
     if scheme in ("", "file") or len(scheme) == 1:  # a path (C:\ too)
         if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true"):
             return None
         return (
-            f"{shown(uri)} is a file path; MLflow 3 no longer tracks to files: use "
+            f"{shown(redact(uri))} is a file path; MLflow 3 no longer tracks to files: use "
             "sqlite:///PATH/mlflow.db, an http(s)://HOST:PORT server, or leave it out"
         )
     if scheme not in TRACKING_SCHEMES:
@@ -179,11 +217,13 @@ def tracking_uri_problem(uri: str) -> str | None:
             f"{', '.join(TRACKING_SCHEMES)} (e.g. http://HOST:5000 or sqlite:///mlflow.db)"
         )
     if scheme in ("http", "https") and not parts.hostname:
-        return f"{shown(uri)} names no host; write {scheme}://HOST:PORT"
+        return f"{shown(redact(uri))} names no host; write {scheme}://HOST:PORT"
     if (
         scheme == "sqlite"
         and not uri.lower().startswith("sqlite:///")
         and uri.lower() != "sqlite://"
     ):
-        return f"{shown(uri)}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        return (
+            f"{shown(redact(uri))}: write sqlite:///relative/path.db or sqlite:////absolute/path.db"
+        )
     return None

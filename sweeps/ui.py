@@ -22,6 +22,7 @@ import uuid
 from pathlib import Path
 
 from sweeps.naming import runs_view_link
+from sweeps.tracking_uri import missing_store
 
 SERVER_LOG = "mlflow-ui.log"
 
@@ -55,8 +56,8 @@ def check_store(uri: str, storage: str | os.PathLike) -> None:
     Raises:
         StoreMissing: with the message to print.
     """
-    path = sqlite_file(uri)
-    if path is None or path.is_file():
+    path = missing_store(uri)
+    if path is None:
         return
     known = [u for u in sweep_stores(storage) if (sqlite_file(u) or Path("/")) != path]
     where = (
