@@ -20,6 +20,7 @@ import socket
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 LOCK_FILE = "driver.lock"
 STALE_AFTER_S = 90.0  # three missed heartbeats of DriverHeartbeat (every 30 s at most)
@@ -47,11 +48,16 @@ class SweepBusy(RuntimeError):
     """Another driver holds the sweep."""
 
     def __init__(self, path: Path, holder: Holder) -> None:
+        self.path = path
         self.holder = holder
         super().__init__(
             f"sweep {path} is held by {holder.describe()}; wait for it to end, or stop it with "
             f"`compsweep stop {path}`"
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with its fields: the default would call ``__init__`` with the message alone.
+        return type(self), (self.path, self.holder)
 
 
 class SweepLock:

@@ -60,6 +60,10 @@ class SweepError(RuntimeError):
         self.problems = problems
         super().__init__("\n".join(f"  - {p}" for p in problems))
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled with its problems (a submitted driver runs as a Ray job), not its message.
+        return type(self), (self.problems,)
+
 
 def _absolute_paths(spec: SweepSpec) -> None:
     """Workers run in other directories: make the spec's relative paths absolute here."""

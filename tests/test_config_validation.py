@@ -187,3 +187,33 @@ def test_json_schema_lists_the_registries():
     data = schema["$defs"]["DataConfig"]["properties"]
     assert "digits" in data["name"]["enum"] and data["val_fraction"]["exclusiveMaximum"] == 1
     assert schema["$defs"]["DataConfig"]["additionalProperties"] is False
+
+
+def test_errors_survive_pickling_as_across_a_ray_boundary():
+    # Ray pickles an exception raised in a trial and rebuilds it in the driver.
+    import pickle
+    from pathlib import Path
+
+    from sweeps.lock import Holder, SweepBusy
+    from sweeps.runner import SweepError
+    from sweeps.spec import SpecError
+    from trainers.divergence import TrainingDiverged
+
+    long = "x" * 600
+    for error in (
+        ConfigError(["compression.pnr: 5000 exceeds the run's 80 steps", long], "trial config"),
+        SpecError(["space.overrides.pnr: bad"], "spec.yaml"),
+    ):
+        back = pickle.loads(pickle.dumps(error))
+        assert type(back) is type(error)
+        assert back.problems == error.problems and back.source == error.source
+        assert str(back) == str(error)
+    diverged = pickle.loads(pickle.dumps(TrainingDiverged(37, "non-finite training loss")))
+    assert (diverged.step, diverged.reason) == (37, "non-finite training loss")
+    assert str(diverged) == "training diverged: non-finite training loss"
+    sweep = pickle.loads(pickle.dumps(SweepError(["resources.gpus: no node has a GPU"])))
+    assert sweep.problems == ["resources.gpus: no node has a GPU"]
+    assert str(sweep) == "  - resources.gpus: no node has a GPU"
+    busy = SweepBusy(Path("/s/x"), Holder("h", 42, 1.0, 2.0))
+    back_busy = pickle.loads(pickle.dumps(busy))
+    assert back_busy.holder == busy.holder and str(back_busy) == str(busy)

@@ -7,6 +7,7 @@ phase end of a recipe), so detecting divergence costs no extra device round trip
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -26,6 +27,11 @@ class TrainingDiverged(RuntimeError):
         self.step = step
         self.reason = reason
         super().__init__(f"training diverged: {reason}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickled (a trial's error crossing to the driver) with its fields: the default would
+        # call ``__init__`` with the message alone.
+        return type(self), (self.step, self.reason)
 
 
 def finite_train_loss(

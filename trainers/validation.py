@@ -33,6 +33,12 @@ class ConfigError(ValueError):
         lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(f"{source} has {len(self.problems)} problem(s):\n{lines}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its problems, not its message: Ray pickles an exception raised in a
+        # trial to re-raise it in the driver, and the default rebuilds it from ``args`` (the
+        # one message string), which ``__init__`` would read as one problem per character.
+        return type(self), (self.problems, self.source)
+
 
 @dataclass(frozen=True)
 class Problem:
