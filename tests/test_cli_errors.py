@@ -259,3 +259,43 @@ def test_best_files_are_checked_before_final_training(files, capsys, best, argv,
     (files / "best.yaml").write_text(yamlio.dumps(best))
     code, problems, out = run(capsys, "train", "best.yaml", *argv)
     assert (code, out) == (2, "") and problems[0].startswith(problem), problems
+
+
+@pytest.mark.parametrize(
+    "setting, problem",
+    [
+        # synthetic n_train 64, limit_train first, then 10% held out: 58 samples, 3 batches of 16
+        ("compression.pnr=5000", "compression.pnr: 5000 exceeds the run's 16 steps"),
+        ("data.batch_size=1e9", "data.batch_size: 1000000000 exceeds the 58 training samples"),
+        ("data.limit_train=5", "data.batch_size: 16 exceeds the 4 training samples"),
+        ("data.val_fraction=0.9", "data.batch_size: 16 exceeds the 6 training samples"),
+    ],
+)
+@pytest.mark.parametrize("check", [True, False])
+def test_a_run_too_short_for_its_pnr_or_batch_is_bad_input(files, capsys, setting, problem, check):
+    code, problems, out = run(capsys, "train", "config.yaml", "--set", setting,
+                              *(["--check"] if check else []))  # fmt: skip
+    assert code == 2 and len(problems) == 1 and problems[0].startswith(problem), problems
+    assert "valid" not in out
+
+
+def test_a_pnr_range_longer_than_the_run_is_named_at_check(files, capsys):
+    spec = {**SPEC, "space": {"name": "prune", "overrides": {"pnr": {"low": 2, "high": 5000}}}}
+    (files / "long.yaml").write_text(yamlio.dumps(spec))
+    code, problems, _ = run(capsys, "run", "long.yaml", "--check")
+    assert code == 2
+    high = [
+        p for p in problems if p.startswith("space.overrides.pnr = 5000: compression.pnr: 5000")
+    ]
+    assert len(high) == 1 and "exceeds the run's 16 steps" in high[0], problems
+    assert not [p for p in problems if p.startswith("space.overrides.pnr = 2:")]
+    spec = {**SPEC, "space": {"name": "prune", "overrides": {"pnr": 5000, "lr": 0.05}}}
+    spec["train"] = {**TINY, "data": {**TINY["data"], "batch_size": 1e9}}
+    (files / "fixed.yaml").write_text(yamlio.dumps(spec))
+    code, problems, _ = run(capsys, "run", "fixed.yaml", "--check")
+    assert code == 2
+    assert problems == [
+        "train.data.batch_size: 1000000000 exceeds the 58 training samples (after "
+        "data.limit_train and the validation hold-out), so an epoch has no batch; lower "
+        "data.batch_size or raise data.limit_train"
+    ]

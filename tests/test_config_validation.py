@@ -217,3 +217,27 @@ def test_errors_survive_pickling_as_across_a_ray_boundary():
     busy = SweepBusy(Path("/s/x"), Holder("h", 42, 1.0, 2.0))
     back_busy = pickle.loads(pickle.dumps(busy))
     assert back_busy.holder == busy.holder and str(back_busy) == str(busy)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"name": "digits"},
+        {"name": "digits", "limit_train": 100, "val_fraction": 0.25},
+        {"name": "digits", "val_fraction": 0.999},
+        {"name": "synthetic", "options": {"n_train": 50}, "val_fraction": 0.3},
+        {"name": "synthetic_text", "limit_train": 7},
+        {"name": "synthetic", "val_fraction": 0},
+    ],
+)
+def test_train_samples_known_at_check_time_are_what_the_loader_gives(data):
+    from trainers.data import load_dataset
+    from trainers.model_checks import train_samples
+
+    _, sections, found = validate_train({"data": data, **RUN})
+    assert found == []
+    d = sections["data"]
+    splits = load_dataset(d.name, batch_size=1, root=None, download=False,
+                          limit_train=d.limit_train, limit_test=None, device="cpu",
+                          val_fraction=d.val_fraction, **d.options)  # fmt: skip
+    assert train_samples(d) == len(splits.train)

@@ -442,3 +442,11 @@ def test_unknown_option_rejected() -> None:
         load_dataset("digits", batch_size=4, n_train=5)
     with pytest.raises(ValueError, match="limit_train"):
         load_dataset("digits", batch_size=4, limit_train=0)
+
+
+def test_a_batch_larger_than_the_training_set_is_a_config_problem():
+    # Datasets whose size is unknown before loading meet this at run time: still bad input.
+    from trainers.config import ConfigError
+
+    with pytest.raises(ConfigError, match="data.batch_size: 8 exceeds the 5 training samples"):
+        TensorBatches(torch.zeros(5, 2), torch.zeros(5), 8, drop_last=True)

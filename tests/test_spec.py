@@ -337,7 +337,10 @@ def test_grid_refuses_ranges_and_conditional_spaces():
     data = grid(lr={"low": 0.01, "high": 0.1, "log": True})
     assert lines(data)[0].startswith("space.overrides.lr: searched over [0.01, 0.1] (log)")
     data = grid()
-    data["space"] = {"name": "mixed", "overrides": {"method": {"choices": ["prune", "quantize"]}}}
+    data["space"] = {
+        "name": "mixed",
+        "overrides": {"method": {"choices": ["prune", "quantize"]}, "pnr": 2},
+    }
     assert lines(data)[0].startswith(
         "space.overrides.method: space 'mixed' is conditional: method (prune, quantize) chooses "
         "between branches"

@@ -20,6 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from trainers.inputs import RawInput
+from trainers.validation import ConfigError
 
 __all__ = [
     "DEFAULT_VAL_FRACTION",
@@ -29,6 +30,7 @@ __all__ = [
     "DataSplits",
     "LoaderBatches",
     "TensorBatches",
+    "batch_size_problem",
     "epoch_generator",
     "holdout",
     "mix_seed",
@@ -103,6 +105,15 @@ def epoch_generator(seed: int, *keys: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(seed, *keys))
 
 
+def batch_size_problem(batch_size: int, samples: int) -> str:
+    """The problem of a training batch larger than the ``samples`` left to train on."""
+    return (
+        f"data.batch_size: {batch_size} exceeds the {samples} training samples (after "
+        "data.limit_train and the validation hold-out), so an epoch has no batch; lower "
+        "data.batch_size or raise data.limit_train"
+    )
+
+
 # --------------------------------------------------------------------------------------------
 # Batch sources
 
@@ -138,11 +149,8 @@ class TensorBatches:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if drop_last and len(x) < batch_size:
-            # Zero batches per epoch would make a training loop silently do nothing.
-            raise ValueError(
-                f"batch_size {batch_size} exceeds the {len(x)} training samples: "
-                "lower batch_size or raise limit_train"
-            )
+            # Bad input (the config's batch size), not a bug: named like a config problem.
+            raise ConfigError([batch_size_problem(batch_size, len(x))])
         self.x, self.y = x, y
         self.batch_size = batch_size
         self.shuffle, self.drop_last = shuffle, drop_last

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from trainers.config import ConfigError, TrainConfig
+from trainers.config import CompressionConfig, ConfigError, RunConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -53,25 +53,37 @@ def plan_run(
         ConfigError: the training set yields no batch, or pNR exceeds the run.
     """
     if steps_per_epoch < 1:
-        raise ConfigError(["data: the training set yields no batch; lower data.batch_size"])
-    run = cfg.run
-    requested = run.steps if run.steps is not None else round(run.epochs * steps_per_epoch)
-    every = cfg.compression.pnr
-    pnr = (steps_per_epoch if every == "epoch" else int(every)) if distorting else 1
+        raise ConfigError(["data.batch_size: the training set yields no batch; lower it"])
+    requested = requested_steps(cfg.run, steps_per_epoch)
+    pnr = event_interval(cfg.compression, steps_per_epoch) if distorting else 1
     num_events = requested // pnr if distorting else 0
     if distorting and num_events == 0:
-        raise ConfigError(
-            [
-                f"compression.pnr: {pnr} exceeds the run's {requested} steps, so no distortion "
-                "would happen; lower pnr or train longer"
-            ]
-        )
+        raise ConfigError([pnr_problem(pnr, requested)])
     # End on a distortion: drop the < pNR trailing steps.
     total_steps = num_events * pnr if distorting else requested
-    eval_every = max(1, round(run.eval_every * steps_per_epoch))
+    eval_every = max(1, round(cfg.run.eval_every * steps_per_epoch))
     if finetune_epochs is None:
         return RunPlan(steps_per_epoch, requested, pnr, num_events, total_steps, eval_every)
     total_steps = requested + round(finetune_epochs * steps_per_epoch)
     return RunPlan(
         steps_per_epoch, requested, pnr, num_events, total_steps, eval_every, phase_end=requested
+    )
+
+
+def requested_steps(run: RunConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps ``run`` asks for (``run.steps``, or ``run.epochs`` of batches)."""
+    return run.steps if run.steps is not None else round(float(run.epochs or 0) * steps_per_epoch)
+
+
+def event_interval(compression: CompressionConfig, steps_per_epoch: int) -> int:
+    """pNR in optimizer steps (``epoch``: one epoch's batches)."""
+    every = compression.pnr
+    return steps_per_epoch if every == "epoch" else int(every)
+
+
+def pnr_problem(pnr: int, requested: int) -> str:
+    """The problem of a pNR with no distortion event in a run of ``requested`` steps."""
+    return (
+        f"compression.pnr: {pnr} exceeds the run's {requested} steps, so no distortion would "
+        "happen; lower pnr or train longer"
     )
