@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -34,6 +36,36 @@ EXCLUDES = [".venv", "venv", ".git", "mlruns", "mlartifacts", "mlflow.db", "comp
 def _loopback(address: str) -> bool:
     host = urlparse(address if "://" in address else f"http://{address}").hostname or ""
     return host in ("127.0.0.1", "localhost", "::1")
+
+
+def address_problem(address: str, timeout: float = 5.0) -> str | None:
+    """Why ``address`` is not a Ray job API this machine can reach, or None.
+
+    Asked before anything is sent: ``ray job submit`` would otherwise answer a wrong scheme or a
+    cluster that is down with a long traceback.
+    """
+    parsed = urlparse(address if "://" in address else f"http://{address}")
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+        return (
+            f"--address {address}: expected the URL of the Ray cluster's dashboard (its job "
+            "API), e.g. http://HEAD:8265 (or https://)"
+        )
+    try:
+        port = parsed.port  # raises on a port that is no number
+        with urllib.request.urlopen(f"{parsed.scheme}://{parsed.netloc}/api/version",
+                                    timeout=timeout):  # fmt: skip
+            pass
+    except urllib.error.HTTPError:
+        pass  # something answered (e.g. 401 without the cluster's token): Ray says the rest
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", None) or e
+        where = f"{parsed.hostname}:{port}" if port else parsed.hostname
+        return (
+            f"--address {address}: no Ray dashboard answers at {where} ({reason}); check that "
+            "the cluster is up and that this is its dashboard address (http://HEAD:8265), "
+            "reachable from this machine (e.g. through an SSH tunnel)"
+        )
+    return None
 
 
 def submit_problems(spec: SweepSpec, address: str) -> list[str]:
@@ -103,6 +135,10 @@ def submit(
         for p in problems:
             print(f"  - {redact(p)}", file=sys.stderr)
         return 2
+    problem = address_problem(address)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     job_id = f"compsweep-{spec.name}-{secrets.token_hex(4)}"
     env_vars[RAY_JOB_ENV] = job_id
     entry = job_entrypoint(python, spec_arg, overrides, bare, sorted(env_vars), eopt_from)
@@ -121,10 +157,36 @@ def submit(
         shown = sorted(k for k in env_vars if k != RAY_JOB_ENV)
         extra = f"  (env_vars: {', '.join(shown)})" if shown else ""
         print(redact("+ " + " ".join(cmd) + extra), flush=True)
-        print(f"Ray job {job_id}; stop the sweep with: compsweep stop SWEEP_ID --address {address}"
-              f" --tracking-uri {bare}", flush=True)  # fmt: skip
-        # `ray job submit` finds the cluster's token but sends it only with RAY_AUTH_MODE=token.
-        return subprocess.call(cmd, env={**os.environ, **ray_auth_env()})
+        stop = (f"Ray job {job_id}; stop the sweep with: compsweep stop SWEEP_ID --address "
+                f"{address} --tracking-uri {bare}")  # fmt: skip
+        return _run_submission(cmd, stop)
+
+
+def _run_submission(cmd: list[str], submitted_line: str) -> int:
+    """Run ``ray job submit``, passing its output on; ``submitted_line`` is printed once Ray
+    says the job was submitted. If it never does, its output is one error line, not Ray's
+    traceback, and the exit code says the submission failed."""
+    # `ray job submit` finds the cluster's token but sends it only with RAY_AUTH_MODE=token.
+    proc = subprocess.Popen(cmd, env={**os.environ, **ray_auth_env()}, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")  # fmt: skip
+    held: list[str] = []  # Ray's lines until the job is in: a traceback, if it is not
+    submitted = False
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if submitted:
+            print(line, end="", flush=True)
+            continue
+        held.append(line)
+        if "submitted successfully" in line:
+            submitted = True
+            print("".join(held), end="", flush=True)
+            print(submitted_line, flush=True)
+    code = proc.wait()
+    if submitted:
+        return code
+    last = next((ln.strip() for ln in reversed(held) if ln.strip()), f"exit code {code}")
+    print(f"error: the Ray job was not submitted: {redact(last)}", file=sys.stderr)
+    return code or 1
 
 
 def job_entrypoint(

@@ -299,3 +299,45 @@ def test_a_pnr_range_longer_than_the_run_is_named_at_check(files, capsys):
         "data.limit_train and the validation hold-out), so an epoch has no batch; lower "
         "data.batch_size or raise data.limit_train"
     ]
+
+
+def _closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("address", ["ftp://nowhere", "closed"])
+def test_submit_to_a_wrong_or_unreachable_address_is_one_line(files, capsys, address):
+    address = f"http://127.0.0.1:{_closed_port()}" if address == "closed" else address
+    code = main(["submit", "spec.yaml", "--address", address, "--no-wait",
+                 "--set", "tracking.uri=http://127.0.0.1:9", "--set", f"storage.path={files}"])  # fmt: skip
+    out = capsys.readouterr()
+    errors = [line for line in out.err.splitlines() if line.startswith("error")]
+    assert code == 2 and len(errors) == 1, out.err
+    assert errors[0].startswith(f"error: --address {address}: ")
+    expected = "expected the URL" if address.startswith("ftp") else "no Ray dashboard answers"
+    assert expected in errors[0]
+    assert "Traceback" not in out.err + out.out and "Ray job" not in out.out
+
+
+def test_the_stop_line_follows_a_submission_only(capsys):
+    import sys
+
+    from sweeps.submit import _run_submission
+
+    ok = "print('Uploading'); print(\"Job 'j' submitted successfully\"); print('tail')"
+    assert _run_submission([sys.executable, "-c", ok], "Ray job j; stop") == 0
+    assert capsys.readouterr().out.splitlines()[-3:] == [
+        "Job 'j' submitted successfully",
+        "Ray job j; stop",
+        "tail",
+    ]
+    bad = "import sys; print('Traceback ...'); sys.exit('ConnectionError: no cluster')"
+    assert _run_submission([sys.executable, "-c", bad], "Ray job j; stop") == 1
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err == "error: the Ray job was not submitted: ConnectionError: no cluster\n"
