@@ -6,7 +6,7 @@ A trial run ends in one of these states (MLflow status + the ``compsweep.status`
 state       MLflow    meaning
 =========== ========= =========================================================
 finished    FINISHED  trained to its end
-failed      FAILED    raised an error (after its retries)
+failed      FAILED    an error (after its retries), or a refused config
 diverged    FAILED    non-finite loss or weights; the reason says where
 stopped     KILLED    stopped early by ASHA or the time budget: not a failure
 killed      KILLED    stopped by the user (``compsweep stop``, Ctrl-C); resumable

@@ -224,6 +224,7 @@ class SweepProgress(Callback):
             and not result.get("completed")
             and not result.get("done")
             and not result.get("diverged")
+            and not result.get("failed")
         ):
             shown = format_metrics(result, self.shown_before_end)
             self.latest[trial.trial_id] = f"epoch {result.get('epoch', 0):.1f}: {shown}"
@@ -253,6 +254,11 @@ class SweepProgress(Callback):
             # The reason names the step: "non-finite training loss (nan) at step 37; ..."
             text = f"trial {trial.trial_id} DIVERGED: {r.get('status_reason')}{took}"
             self._line(trials, text, ending=trial)
+            return
+        if r.get("failed"):  # ended itself FAILED, not retried: its configuration was refused
+            self.failed.add(trial.trial_id)
+            self._line(trials, f"trial {trial.trial_id} FAILED: {r.get('status_reason')}{took}",
+                       ending=trial)  # fmt: skip
             return
         value = r.get(self.metric)
         # Only a trial that ran to its end can be the best, as for `best` and `analyze`: a

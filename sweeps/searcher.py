@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 class SweepOptunaSearch(OptunaSearch):
-    """OptunaSearch that records a diverged trial as FAIL, hands each finished trial's
+    """OptunaSearch that records a diverged trial (or one failed on its configuration) as FAIL, hands each finished trial's
     ``mean_e_w`` to the study (a user attr, for ``sampler: eopt``), and survives a failed write
     of an intermediate value.
 
@@ -43,7 +43,7 @@ class SweepOptunaSearch(OptunaSearch):
         return final_only([m for m in metrics if m])
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if result and result.get("diverged"):
+        if result and (result.get("diverged") or result.get("failed")):
             return super().on_trial_complete(trial_id, result=None, error=True)
         if result and not result.get("completed") and self._final_only():
             result = None  # stopped before its end: its final metrics are placeholders

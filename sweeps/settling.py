@@ -202,8 +202,8 @@ class TrialRunStatus(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         _ENDED.setdefault(self.facts.sweep_id, set()).add(trial.trial_id)
         result = trial.last_result or {}
-        if result.get("completed") or result.get("diverged"):
-            return  # the trial closed its own run (FINISHED, or FAILED as diverged)
+        if result.get("completed") or result.get("diverged") or result.get("failed"):
+            return  # the trial closed its own run (FINISHED, or FAILED: diverged or refused)
         epoch = result.get("epoch")
         where = f" at epoch {epoch:.2f}" if isinstance(epoch, int | float) else ""
         tags = {STATUS_TAG: "stopped", STATUS_REASON_TAG: f"stopped early by the scheduler{where}"}

@@ -8,7 +8,10 @@ keeps logging into its own child run.
 A trial whose training diverges (non-finite loss or weights) ends its run FAILED with the tags
 ``compsweep.status=diverged`` and ``compsweep.status_reason``, then returns normally with a last
 result marked ``diverged`` (objective NaN): raising would make Tune retry it from its last
-checkpoint, where it would diverge again.
+checkpoint, where it would diverge again. A trial whose configuration the trainer refuses (a
+:class:`~trainers.validation.ConfigError`, e.g. a pNR longer than the run on data whose size
+only loading tells) ends the same way, ``compsweep.status=failed`` with the problems as the
+reason and a last result marked ``failed``: no retry can fix it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from trainers.export import export, save_exported
 from trainers.inputs import with_raw_input
 from trainers.loop import Trainer, TrainingDiverged
 from trainers.metrics import final_only
+from trainers.validation import ConfigError
 
 
 class TuneBridge(Callback):
@@ -164,16 +168,19 @@ def _run_trial(config: dict[str, Any], sweep: SweepFacts) -> None:
             tracker.log_artifact(str(path))
 
     diverged: TrainingDiverged | None = None
+    refused: ConfigError | None = None
     try:
         bridge = TuneBridge(tracker, knobs, flush_each_evaluation=spec.scheduler.name != "none",
                             objective=spec.objective.metrics)  # fmt: skip
-        trainer = Trainer(cfg, callbacks=[bridge])
-        if trainer_state is not None:
-            trainer.load_state_dict(trainer_state)
         try:
+            trainer = Trainer(cfg, callbacks=[bridge])
+            if trainer_state is not None:
+                trainer.load_state_dict(trainer_state)
             final = trainer.fit()
         except TrainingDiverged as e:
             diverged = e
+        except ConfigError as e:
+            refused = e
         else:
             tracker.log_metrics(final, step=trainer.step)
             _log_compressed_model(tracker, trainer)
@@ -188,7 +195,12 @@ def _run_trial(config: dict[str, Any], sweep: SweepFacts) -> None:
         raise
     flush_timeout = float(os.environ.get("COMPSWEEP_FLUSH_TIMEOUT", "600"))
     if diverged is not None:
-        _end_diverged(tracker, spec, knobs, diverged, flush_timeout)
+        _end_unsuccessful(tracker, spec, knobs, "diverged", diverged.reason, diverged.step,
+                          flush_timeout)  # fmt: skip
+        return
+    if refused is not None:
+        reason = f"invalid configuration: {'; '.join(refused.problems)}"
+        _end_unsuccessful(tracker, spec, knobs, "failed", reason, 0, flush_timeout)
         return
     tracker.close(status="FINISHED", timeout=flush_timeout)
     # "completed" marks a trial that ran to its end: Tune also sets "done" on the last result
@@ -199,26 +211,29 @@ def _run_trial(config: dict[str, Any], sweep: SweepFacts) -> None:
     )
 
 
-def _end_diverged(
+def _end_unsuccessful(
     tracker: TrialTracker,
     spec: SweepSpec,
     knobs: dict[str, Any],
-    diverged: TrainingDiverged,
+    status: str,
+    reason: str,
+    step: int,
     flush_timeout: float,
 ) -> None:
-    """Settle a diverged trial: its run FAILED with the reason, then a last result that the
-    driver reads as a failure (the searcher records it failed, nothing ranks it)."""
-    tracker.set_tags({STATUS_TAG: "diverged", STATUS_REASON_TAG: diverged.reason})
+    """Settle a trial that no retry would help (``status``: diverged, or failed on its
+    configuration): its run FAILED with the reason, then a last result that the driver reads
+    as a failure (the searcher records it failed, nothing ranks it)."""
+    tracker.set_tags({STATUS_TAG: status, STATUS_REASON_TAG: reason[:1000]})
     # Closed here, before the report: a scheduler may stop the trial inside tune.report.
     tracker.close(status="FAILED", timeout=flush_timeout)
     nan = float("nan")  # every objective metric, as Tune expects them in each result
+    marks = {"diverged": True, "diverged_step": step} if status == "diverged" else {"failed": True}
     tune.report(
         {
             **{m: nan for m in spec.objective.metrics},
-            "diverged": True,
-            "diverged_step": diverged.step,
-            "status_reason": diverged.reason,
-            "step": diverged.step,
+            **marks,
+            "status_reason": reason,
+            "step": step,
             **_prefixed(knobs),
         }
     )
