@@ -362,7 +362,7 @@ def test_resources_no_node_has_are_refused_before_anything_starts(tmp_path, monk
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the embedded store here
-    spec = tiny_spec("lc-resources", None, str(tmp_path / "results"), trials=1, steps=4)
+    spec = tiny_spec("lc-resources", None, str(tmp_path / "results"), trials=1, steps=6)
     path = _write_spec(tmp_path, spec)
     try:
         code = main(["run", str(path), "--set", "resources.gpus=1", "--set", "resources.cpus=64"])

@@ -116,9 +116,10 @@ def test_outcomes_count_what_happened_and_exit_codes_say_it():
 def _tiny(uri: str | None, storage: str) -> dict:
     return {
         "name": "sub",
-        "train": {"data": {"name": "synthetic", "options": {"n_train": 32, "n_test": 16}},
+        "train": {"data": {"name": "synthetic", "batch_size": 8,
+                           "options": {"n_train": 32, "n_test": 16}},
                   "model": {"name": "small_cnn"}, "run": {"steps": 4}},
-        "space": {"name": "prune"},
+        "space": {"name": "prune", "overrides": {"pnr": 2}},
         "storage": {"path": storage},
         "tracking": {"uri": uri},
     }  # fmt: skip
