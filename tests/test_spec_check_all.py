@@ -17,7 +17,7 @@ train:
   compression:
     method: prune
     params: PARAMS
-  run: {steps: 16, device: cpu}
+  run: {steps: 6000, device: cpu}  # the prune space searches pNR up to 5000
 space:
   name: prune
   overrides:
