@@ -113,9 +113,9 @@ def test_a_sweep_whose_ray_fails_to_start_leaves_no_running_parent(
     assert not holder_alive(folder)
 
 
-def test_killed_worker_resumes_into_its_own_run(local_ray, mlflow_server, tmp_path, capsys):
-    storage = tmp_path / "results"
-    spec = parse_spec(tiny_spec("kill", mlflow_server.uri, str(storage), steps=400, n_train=256))
+def _run_killing_a_worker(spec, storage):
+    """Run ``spec`` while a thread SIGKILLs one trial's worker after its first checkpoint;
+    (the sweep's record, the pids killed)."""
     killed: list[int] = []
     stop = threading.Event()
     killer = threading.Thread(
@@ -127,6 +127,13 @@ def test_killed_worker_resumes_into_its_own_run(local_ray, mlflow_server, tmp_pa
     finally:
         stop.set()
         killer.join()
+    return record, killed
+
+
+def test_killed_worker_resumes_into_its_own_run(local_ray, mlflow_server, tmp_path, capsys):
+    storage = tmp_path / "results"
+    spec = parse_spec(tiny_spec("kill", mlflow_server.uri, str(storage), steps=400, n_train=256))
+    record, killed = _run_killing_a_worker(spec, storage)
     assert killed, "no trial worker was killed: the trials finished too fast"
     assert "retrying from its last checkpoint" in capsys.readouterr().out
     parents, children = sweep_runs(mlflow_server.uri, "kill", record.sweep_id)
@@ -142,17 +149,7 @@ def test_a_trial_whose_worker_dies_fails_saying_so(local_ray, mlflow_server, tmp
     storage = tmp_path / "results"
     data = tiny_spec("kill-once", mlflow_server.uri, str(storage), trials=2, steps=400, n_train=256)
     data["failure"] = {"max_failures": 0}
-    killed: list[int] = []
-    stop = threading.Event()
-    killer = threading.Thread(
-        target=_kill_a_trial_worker_after_checkpoint, args=(storage, killed, stop)
-    )
-    killer.start()
-    try:
-        record = run_sweep(parse_spec(data))
-    finally:
-        stop.set()
-        killer.join()
+    record, killed = _run_killing_a_worker(parse_spec(data), storage)
     assert killed, "no trial worker was killed: the trials finished too fast"
     out = capsys.readouterr().out
     assert record.outcome.exit_code() == 1

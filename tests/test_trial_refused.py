@@ -4,26 +4,18 @@ on a real Ray runtime and a real `mlflow server`: retrying could not fix it."""
 from __future__ import annotations
 
 import pytest
-import ray
 from mlflow import MlflowClient
 from sweep_helpers import sweep_runs, tiny_spec
+from test_sweeps import local_ray  # noqa: F401 - the module-scoped local Ray runtime
 
 from sweeps.runner import run_sweep
 from sweeps.spec import from_dict_spec
 
-pytestmark = pytest.mark.integration
+# The local Ray runtime of tests/test_sweeps.py, once per module.
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("local_ray")]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def test_a_refused_configuration_fails_once_with_its_reason(
-    local_ray, mlflow_server, tmp_path, capsys
-):
+def test_a_refused_configuration_fails_once_with_its_reason(mlflow_server, tmp_path, capsys):
     data = tiny_spec("refused", mlflow_server.uri, str(tmp_path / "results"), trials=2, steps=40)
     data["space"]["overrides"] = {"pnr": 400, "lr": 0.05}
     # Spec validation would refuse this pNR (the data's size is known); a spec taken as valid
