@@ -89,8 +89,10 @@ def _max_overlap(runs: list) -> int:
 def test_submit_runs_trials_on_both_nodes(cluster, node_kinds, mlflow_server, tmp_path):
     work = tmp_path / "job"  # the folder `compsweep submit` ships: the spec alone
     work.mkdir()
+    # Trials of a few seconds each: long enough that a worker node slow to set up the job's
+    # environment (a loaded host) still gets one before the head has run them all.
     spec = tiny_spec("cluster-nodes", mlflow_server.uri, str(tmp_path / "results"),
-                     trials=4, concurrent=2)  # fmt: skip
+                     trials=4, concurrent=2, steps=500, n_train=256)  # fmt: skip
     (work / "spec.yaml").write_text(yaml.safe_dump(spec))
 
     out = _run(
