@@ -99,6 +99,17 @@ def _sub_commands(parser: argparse.ArgumentParser) -> Any:
     return sub
 
 
+def _port(text: str) -> int:
+    """A TCP port for ``ui --port``: refused by argparse (exit 2) outside 1–65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
+    return port
+
+
 def _add_train(sub: Any) -> None:
     p = _command(
         sub,
@@ -111,8 +122,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument(
         "config", help="training config YAML (see trainers/configs/), or a `compsweep best` file"
     )
-    p.add_argument("--epochs", type=float, help="override run.epochs")
-    p.add_argument("--steps", type=int, help="override run.steps")
+    length = p.add_mutually_exclusive_group()  # one sets the run's length, the other unsets it
+    length.add_argument("--epochs", type=float, help="override run.epochs")
+    length.add_argument("--steps", type=int, help="override run.steps")
     _add_set(p, "override any field, e.g. --set compression.pnr=100 (repeatable)")
     p.add_argument(
         "--checkpoint",
@@ -321,7 +333,7 @@ def _add_views(sub: Any) -> None:
     )
     p.add_argument("--tracking-uri", help="default: MLFLOW_TRACKING_URI or ./mlflow.db")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=_port, default=5000, help="TCP port (default 5000)")
     p.add_argument("--workers", type=int, default=1, help="web workers (default 1)")
     p.add_argument(
         "--jobs",

@@ -93,3 +93,22 @@ def read_spec(
     if problems or found or spec is None:
         raise SpecError([*problems, *found], path)
     return spec, overrides
+
+
+def output_path_problems(path: Path, flag: str) -> list[Problem]:
+    """A file a command writes (a checkpoint at every evaluation, --save at the end of a
+    training, best's -o once the sweep is read): its folder must exist and be writable before
+    the work starts, not when the file is written."""
+    where = f"{flag} {path}"
+    if path.is_dir():
+        return [Problem(where, "is a folder; give a file path, e.g. run.pt")]
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return [Problem(where, "cannot be read and rewritten (permissions)")]
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.exists():
+        return [Problem(where, f"folder {folder} does not exist; create it or choose another")]
+    if not folder.is_dir():
+        return [Problem(where, f"{folder} is a file, not a folder")]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [Problem(where, f"cannot write in {folder}")]
+    return []

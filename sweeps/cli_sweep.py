@@ -15,7 +15,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sweeps.cli_input import check_lookup_store, check_tracking_uri_arg, read_spec
+from sweeps.cli_input import (
+    check_lookup_store,
+    check_tracking_uri_arg,
+    output_path_problems,
+    read_spec,
+)
 from sweeps.lock import SweepBusy
 from sweeps.lookup import resolve
 from sweeps.outcomes import EXIT_BAD_INPUT, EXIT_BUSY
@@ -66,6 +71,9 @@ def cmd_best(args: argparse.Namespace) -> int:
     problem = best_args_problem(args.top, args.pareto, args.metric)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for p in output_path_problems(Path(args.output), "-o"):
+        print(f"error: {p}", file=sys.stderr)
         return EXIT_BAD_INPUT
     check_lookup_store(args.tracking_uri, args.sweep)
     try:

@@ -4,12 +4,11 @@ training of a `compsweep best` file (logged to MLflow and registered)."""
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from sweeps.cli_input import set_lines
+from sweeps.cli_input import output_path_problems, set_lines
 from sweeps.naming import browse_hint
 from sweeps.outcomes import EXIT_BAD_INPUT
 from sweeps.secrets import redact
@@ -85,9 +84,9 @@ def _checked_config(
     cfg, sections, found = validate_train(data)
     problems += found + model_problems(sections)
     if checkpoint:
-        problems += _output_path_problems(Path(checkpoint), "--checkpoint")
+        problems += output_path_problems(Path(checkpoint), "--checkpoint")
     if save:
-        problems += _output_path_problems(Path(save), "--save")
+        problems += output_path_problems(Path(save), "--save")
     run = sections.get("run")
     if run is not None and run.device.startswith("cuda"):
         import torch  # as above
@@ -101,25 +100,6 @@ def _checked_config(
     if problems or cfg is None:
         raise ConfigError(problems, source)
     return cfg
-
-
-def _output_path_problems(path: Path, flag: str) -> list[Problem]:
-    """A file written during or after training (a checkpoint at every evaluation, --save at
-    the end): its folder must exist and be writable before a long run starts, not at the
-    first save."""
-    where = f"{flag} {path}"
-    if path.is_dir():
-        return [Problem(where, "is a folder; give a file path, e.g. run.pt")]
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return [Problem(where, "cannot be read and rewritten (permissions)")]
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.exists():
-        return [Problem(where, f"folder {folder} does not exist; create it or choose another")]
-    if not folder.is_dir():
-        return [Problem(where, f"{folder} is a file, not a folder")]
-    if not os.access(folder, os.W_OK | os.X_OK):
-        return [Problem(where, f"cannot write in {folder}")]
-    return []
 
 
 def _resume(trainer: Any, path: Path) -> None:

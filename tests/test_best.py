@@ -191,6 +191,24 @@ def test_best_refuses_a_top_below_one_and_a_metric_with_pareto(tmp_path, capsys,
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    "where,message",
+    [
+        ("folder", "-o {out}: is a folder"),
+        ("missing/best.yaml", "folder {out_parent} does not exist"),
+    ],
+)
+def test_best_checks_its_output_path_before_reading_the_sweep(tmp_path, capsys, where, message):
+    from sweeps.cli import main
+
+    out = tmp_path / where
+    (tmp_path / "folder").mkdir()
+    assert main(["best", "no-such-sweep", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message.format(out=out, out_parent=out.parent) in err
+    assert "no-such-sweep" not in err  # refused before any lookup
+
+
 def test_a_loss_ranks_lowest_first(ref):
     assert trial_ids(best_configs(ref, top=2, metric="train_loss")) == ["b", "a"]
     assert trial_ids(best_configs(ref, top=1, metric="params")) == ["c"]

@@ -341,3 +341,18 @@ def test_the_stop_line_follows_a_submission_only(capsys):
     out = capsys.readouterr()
     assert out.out == ""
     assert out.err == "error: the Ray job was not submitted: ConnectionError: no cluster\n"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["train", "cfg.yaml", "--epochs", "1", "--steps", "10"], "not allowed with argument"),
+        (["ui", "--port", "99999"], "'99999' is not a TCP port (1-65535)"),
+        (["ui", "--port", "-5"], "'-5' is not a TCP port (1-65535)"),
+    ],
+)
+def test_conflicting_or_impossible_flags_are_refused(capsys, argv, message):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
