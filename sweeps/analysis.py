@@ -50,7 +50,13 @@ from typing import Any
 
 from sweeps.eopt import Centre, Optimum, Suggestion, centre_and_range, locate_optimum, suggest_pnr
 from sweeps.outcomes import incomplete, run_outcome
-from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, get_metric, validation_metrics
+from trainers.metrics import (
+    DEFAULT_OBJECTIVE,
+    check_selectable,
+    get_metric,
+    pareto_set,
+    validation_metrics,
+)
 
 # Knobs that set how often / how fast, not how hard: never part of the strength.
 NOT_STRENGTH = {"pnr", "lr", "momentum", "weight_decay", "batch_size", "epochs"}
@@ -488,13 +494,4 @@ def pareto_front(trials: Iterable[Trial]) -> list[Trial]:
     """Usable trials no other beats on both validation accuracy and compression ratio, most
     accurate first."""
     pts = [t for t in trials if t.usable and t.compression_ratio is not None]
-
-    def dominated(t: Trial) -> bool:
-        return any(
-            o.val_accuracy >= t.val_accuracy
-            and o.compression_ratio >= t.compression_ratio
-            and (o.val_accuracy > t.val_accuracy or o.compression_ratio > t.compression_ratio)
-            for o in pts
-        )
-
-    return sorted((t for t in pts if not dominated(t)), key=lambda t: -t.val_accuracy)
+    return pareto_set(pts, lambda t: (-t.val_accuracy, -t.compression_ratio))

@@ -63,7 +63,6 @@ def cmd_best(args: argparse.Namespace) -> int:
         averaged_over,
         best_args_problem,
         best_configs,
-        pareto_metrics,
         resolve_sweep,
         write_best,
     )
@@ -82,8 +81,7 @@ def cmd_best(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    metric = best.metric
-    front = pareto_metrics(ref) if args.pareto else []
+    metric, front = best.metric, best.front
     selected = f"pareto({', '.join(front)})" if args.pareto else f"top {args.top} by {metric}"
     write_best(best.configs, args.output, selected)
     for reason in (f"trial {tid} diverged: {why}" for tid, why in best.diverged):

@@ -27,7 +27,7 @@ from sweeps.naming import fixed_knobs, fmt_knob, label_of, run_name
 from sweeps.secrets import redact
 from sweeps.settling import error_reason
 from sweeps.spec import SweepSpec
-from trainers.metrics import final_only, format_metrics, get_metric, rank_key
+from trainers.metrics import final_only, format_metrics, get_metric, pareto_set, rank_key
 
 
 def knob_text(result_or_config: dict[str, Any]) -> str:
@@ -99,7 +99,8 @@ class SweepProgress(Callback):
         self.shown = [*spec.objective.metrics, "val_accuracy", "test_accuracy"]
         # Before its end a trial's result holds a NaN placeholder for these (sweeps.trial):
         # lines about such a result leave them out.
-        self.shown_before_end = [m for m in self.shown if m not in final_only(self.shown)]
+        at_end = set(final_only(self.shown))
+        self.shown_before_end = [m for m in self.shown if m not in at_end]
         self.total = spec.budget.num_trials
         self.concurrency = spec.budget.max_concurrent
         self.method = str(spec.train.get("compression", {}).get("method", "none"))
@@ -309,14 +310,7 @@ def best_rows(
     sign = [1 if m == "max" else -1 for m in modes]
     if len(metrics) == 1:
         return sorted(rows, key=lambda r: -sign[0] * r[metrics[0]])[:top]
-
-    def dominates(a: dict, b: dict) -> bool:
-        ge = all(s * a[m] >= s * b[m] for m, s in zip(metrics, sign, strict=True))
-        gt = any(s * a[m] > s * b[m] for m, s in zip(metrics, sign, strict=True))
-        return ge and gt
-
-    front = [r for r in rows if not any(dominates(o, r) for o in rows)]
-    return sorted(front, key=lambda r: -sign[0] * r[metrics[0]])
+    return pareto_set(rows, lambda r: [-s * r[m] for m, s in zip(metrics, sign, strict=True)])
 
 
 _TABLE_METRICS = ("val_accuracy", "test_accuracy", "compression_ratio", "mean_e_w_per_pnr")

@@ -35,7 +35,13 @@ from sweeps.tracking import (
     mlflow_client,
 )
 from trainers import yamlio
-from trainers.metrics import DEFAULT_OBJECTIVE, check_selectable, rank_key, validation_metrics
+from trainers.metrics import (
+    DEFAULT_OBJECTIVE,
+    check_selectable,
+    pareto_set,
+    rank_key,
+    validation_metrics,
+)
 from trainers.yamlio import parse_scalar
 
 
@@ -231,6 +237,7 @@ class BestConfigs:
     unranked: int  # other trials without a finished, finite value of the metric
     left_out: list[tuple[str, str]]  # (configuration, why) of configurations with a bad run
     metric: str  # what the configs are shown and ranked (or the front taken) by
+    front: list[str]  # with pareto: the metrics the front is taken on, else empty
 
 
 def best_args_problem(top: int, pareto: bool, metric: str | None) -> str | None:
@@ -320,7 +327,7 @@ def best_configs(
                 for x in rs
             ]  # fmt: skip
         out.append({"provenance": provenance, "config": config})
-    return BestConfigs(out, diverged, unranked, left_out, metric)
+    return BestConfigs(out, diverged, unranked, left_out, metric, front)
 
 
 def averaged_over(provenance: dict[str, Any]) -> str:
@@ -359,16 +366,7 @@ def _pareto_front(configs: list[list[Any]], metrics: list[str]) -> list[list[Any
     catalogue directions), each once, best first by the first; a configuration missing one,
     or holding a non-finite one, is left out, as in every ranking."""
     pts = [rs for rs in configs if all(_finite(r, m) for r in rs for m in metrics)]
-    keys = {id(rs): [rank_key(m, _mean(rs, m)) for m in metrics] for rs in pts}
-
-    def dominated(rs: list[Any]) -> bool:
-        mine = keys[id(rs)]
-        return any(
-            all(o <= k for o, k in zip(keys[id(x)], mine, strict=True)) and keys[id(x)] != mine
-            for x in pts
-        )
-
-    return sorted((rs for rs in pts if not dominated(rs)), key=lambda rs: keys[id(rs)])
+    return pareto_set(pts, lambda rs: [rank_key(m, _mean(rs, m)) for m in metrics])
 
 
 def _mean(runs: list[Any], metric: str) -> float:

@@ -69,6 +69,11 @@ def _interrupted(spec: SweepSpec, sweep_id: str) -> bool:
     return bool(unended_trials(sweep_id)) or missing
 
 
+# How the parent run's reason tag starts when the sweep ended on its time budget: resume reads
+# it back.
+BUDGET_END = "ended on its time budget"
+
+
 def budget_text(spec: SweepSpec) -> str:
     return f"time budget of {spec.budget.time_budget_s:g} s"
 
@@ -113,7 +118,9 @@ def finish_sweep(
         runs = []
     outcome = Outcome.from_runs(runs, interrupted, spec.budget.num_trials)
     outcome.crashed = crash is not None
-    _close_parent(record, outcome, f"ended on its {budget_text(spec)}" if on_budget else "")
+    _close_parent(
+        record, outcome, f"{BUDGET_END} of {spec.budget.time_budget_s:g} s" if on_budget else ""
+    )
     say(stream, f"\n{outcome.summary()}.")
     if on_budget:
         say(stream, budget_end_text(spec))
@@ -178,7 +185,7 @@ def ended_on_budget_note(record: SweepRecord) -> str:
     except Exception:
         return ""
     reason = tags.get(STATUS_REASON_TAG, "")
-    return reason if status != "RUNNING" and reason.startswith("ended on its time budget") else ""
+    return reason if status != "RUNNING" and reason.startswith(BUDGET_END) else ""
 
 
 def report_budget_end(record: SweepRecord, stream: TextIO | None) -> Outcome:

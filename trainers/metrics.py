@@ -12,8 +12,11 @@ direction (e.g. ``e_w``: neither more nor less weight change is "better") cannot
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
+
+T = TypeVar("T")
 
 Direction = Literal["max", "min"]
 When = Literal["event", "evaluation", "final"]
@@ -131,6 +134,17 @@ def rank_key(name: str, value: float | None) -> float:
     if value is None or not isinstance(value, int | float) or not math.isfinite(value):
         return math.inf
     return -value if get_metric(name).direction == "max" else value
+
+
+def pareto_set(items: Iterable[T], keys: Callable[[T], Sequence[float]]) -> list[T]:
+    """The items no other beats on every one of their ``keys`` (lower is better, as
+    :func:`rank_key` gives them), best first by the keys in order."""
+    scored = [(tuple(keys(x)), x) for x in items]
+
+    def dominated(k: tuple[float, ...]) -> bool:
+        return any(o != k and all(a <= b for a, b in zip(o, k, strict=True)) for o, _ in scored)
+
+    return [x for k, x in sorted(scored, key=lambda s: s[0]) if not dominated(k)]
 
 
 def format_metrics(
