@@ -195,7 +195,15 @@ def _writable_folder(path: Path):
         if as_root and ro:
             subprocess.run(["mount", "--bind", str(path), str(path)], check=True)
             state["bound"] = True
-            subprocess.run(["mount", "-o", "remount,bind,ro", str(path)], check=True)
+            # A file the driver opens for writing through the new mount in between makes the
+            # kernel refuse (EBUSY, "mount point is busy") until it is closed: try again.
+            for attempt in range(20):
+                done = subprocess.run(["mount", "-o", "remount,bind,ro", str(path)],
+                                      capture_output=True, text=True)  # fmt: skip
+                if done.returncode == 0:
+                    break
+                assert attempt < 19, done.stderr
+                time.sleep(0.1)
         elif as_root:
             subprocess.run(["umount", "-l", str(path)], check=True)
             state["bound"] = False
